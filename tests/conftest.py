@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny Fashion-MNIST-shaped dataset in the canonical gzip IDX format."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as a gzip IDX file (magic 0x0000_08_ndim, big-endian dims)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist_like(directory: Path, *, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Class-dependent blobs (learnable), 28x28, 10 classes, written as the four IDX files."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    templates = rng.integers(0, 256, size=(10, 28, 28))
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        noise = rng.integers(-60, 60, size=(n, 28, 28))
+        images = np.clip(templates[labels] + noise, 0, 255)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """A directory with a 600/200-example dataset usable as --data-dir for mnist or fashion-mnist."""
+    return make_mnist_like(tmp_path_factory.mktemp("data"), n_train=600, n_test=200)

@@ -1,0 +1,183 @@
+"""The `toolkit` command line: parses arguments and calls library functions, nothing else.
+
+Bad input (a `ToolkitError`) prints one line to stderr and exits 2, with no
+traceback and nothing written; any other exception is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolkit.errors import ToolkitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="DP-SGD with tempered sigmoid activations: training, accounting and clipping-bias theory.",
+)
+console = Console()
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Turn ToolkitError into `error: ...` on stderr and exit 2 (3 for a diverged run)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from toolkit.train import TrainingDiverged
+
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        try:
+            return fn(*args, **kwargs)
+        except TrainingDiverged as e:
+            raise _fail(str(e), 3) from None
+        except ToolkitError as e:
+            raise _fail(str(e)) from None
+
+    return wrapper
+
+
+@app.command()
+@one_line_errors
+def train(
+    dataset: str = typer.Option(None, help="mnist, fashion-mnist or cifar10."),
+    activation: str = typer.Option(None, help="relu, tanh, tempered, sigmoid, elu, gelu."),
+    scale: float = typer.Option(None, help="Tempered sigmoid scale s."),
+    inverse_temp: float = typer.Option(None, help="Tempered sigmoid inverse temperature T."),
+    offset: float = typer.Option(None, help="Tempered sigmoid offset o."),
+    epochs: int = typer.Option(None),
+    batch_size: int = typer.Option(None, help="Expected logical batch size B (q = B/N)."),
+    max_physical_batch: int = typer.Option(None, help="Micro-batch cap (speed/memory only)."),
+    optimizer: str = typer.Option(None, help="sgd or adam."),
+    lr: float = typer.Option(None, help="Learning rate."),
+    momentum: float = typer.Option(None, help="Heavy-ball momentum for sgd."),
+    clip_norm: float = typer.Option(None, help="Per-example clipping norm C."),
+    clipping: str = typer.Option(None, help="flat (min(1, C/||g||)) or automatic (Bu et al.)."),
+    noise_multiplier: float = typer.Option(None, help="sigma; noise std is sigma*C on the sum."),
+    target_epsilon: float = typer.Option(None, help="Calibrate sigma to this eps instead."),
+    delta: float = typer.Option(None),
+    accountant: str = typer.Option(None, help="rdp-classic, rdp or pld (calibration/headline)."),
+    sampling: str = typer.Option(None, help="poisson (accounted) or shuffle (labelled)."),
+    seed: int = typer.Option(None),
+    limit_train: int = typer.Option(None, help="Use only the first N training examples."),
+    data_dir: Path = typer.Option(None, help="Directory holding the dataset files."),
+    no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
+    preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
+    out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
+    resume: Path = typer.Option(None, help="Continue the run in this directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a paper CNN with DP-SGD (or without privacy) and record the run."""
+    from toolkit import config as config_lib
+    from toolkit import train as train_lib
+    from toolkit.activations import ActivationSpec
+
+    if resume is not None:
+        summary, _ = train_lib.resume(resume, progress=not quiet)
+        _print_summary(summary, resume)
+        return
+    settings = config_lib.preset(preset) if preset else {}
+    given = {
+        "dataset": dataset, "epochs": epochs, "batch_size": batch_size,
+        "max_physical_batch": max_physical_batch, "optimizer": optimizer, "lr": lr,
+        "momentum": momentum, "clip_norm": clip_norm, "clipping": clipping,
+        "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
+        "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
+    }  # fmt: skip
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if noise_multiplier is not None or target_epsilon is not None:
+        settings["noise_multiplier"], settings["target_epsilon"] = noise_multiplier, target_epsilon
+    if activation is not None or scale is not None or inverse_temp is not None or offset is not None:
+        base = settings.get("activation", config_lib.TrainConfig.activation)
+        spec = {"name": activation or base.name, "scale": scale, "inverse_temp": inverse_temp,
+                "offset": offset}  # fmt: skip
+        if spec["name"] != "tempered" and any(v is not None for v in (scale, inverse_temp, offset)):
+            raise ToolkitError(
+                f"--scale/--inverse-temp/--offset apply to --activation tempered, not {spec['name']!r}."  # noqa: E501
+            )
+        settings["activation"] = ActivationSpec(**{k: v for k, v in spec.items() if v is not None})
+    if no_privacy:
+        settings["private"] = False
+    cfg = config_lib.TrainConfig(**settings)
+    summary, _ = train_lib.train(cfg, out=out, progress=not quiet)
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict, out: Path | None) -> None:
+    table = Table(title=f"{summary['dataset']} / {summary['activation']}", show_header=False)
+    table.add_row("test accuracy", f"{summary['test_accuracy']:.4f}")
+    if summary["private"]:
+        table.add_row("noise multiplier", f"{summary['noise_multiplier']:.4f}")
+        for name, eps in summary["epsilon"].items():
+            table.add_row(f"eps ({name})", f"{eps:.3f} at delta={summary['delta']:g}")
+    table.add_row("privacy", summary["privacy"])
+    table.add_row("per-class acc. std", f"{summary['per_class_accuracy_std']:.4f}")
+    table.add_row("train time", f"{summary['train_time_s']:.1f} s")
+    if out is not None:
+        table.add_row("run directory", str(out))
+    console.print(table)
+
+
+@app.command()
+@one_line_errors
+def account(
+    num_examples: int = typer.Option(60000, "--n", help="Training set size N."),
+    batch_size: int = typer.Option(256, help="Expected batch size B; q = B/N."),
+    noise_multiplier: float = typer.Option(None, help="sigma."),
+    epochs: float = typer.Option(60, help="Epochs; steps = epochs * N // B."),
+    delta: float = typer.Option(1e-5),
+    target_epsilon: float = typer.Option(None, help="Also print the sigma reaching this eps."),
+) -> None:
+    """Print eps for the Poisson-subsampled Gaussian under every accountant (and sigma for a target)."""  # noqa: E501
+    from toolkit import accounting
+
+    if num_examples < 1:
+        raise ToolkitError(f"--n={num_examples} must be >= 1.")
+    if not 1 <= batch_size <= num_examples:
+        raise ToolkitError(f"--batch-size={batch_size} must be in [1, N={num_examples}].")
+    if epochs <= 0:
+        raise ToolkitError(f"--epochs={epochs} must be > 0.")
+    if noise_multiplier is None and target_epsilon is None:
+        raise ToolkitError("give --noise-multiplier, --target-epsilon, or both.")
+    q = batch_size / num_examples
+    steps = int(epochs * num_examples // batch_size)
+    table = Table(title=f"Poisson sampling, q={q:.5g}, steps={steps}, delta={delta:g}")
+    table.add_column("accountant")
+    if noise_multiplier is not None:
+        table.add_column(f"eps at sigma={noise_multiplier:g}")
+    if target_epsilon is not None:
+        table.add_column(f"sigma for eps<={target_epsilon:g}")
+    for name in accounting.ACCOUNTANTS:
+        row = [name]
+        kw = dict(accountant=name, sampling_prob=q, steps=steps, delta=delta)
+        if noise_multiplier is not None:
+            row.append(f"{accounting.epsilon(noise_multiplier=noise_multiplier, **kw):.4f}")
+        if target_epsilon is not None:
+            row.append(
+                f"{accounting.calibrate_noise_multiplier(target_epsilon=target_epsilon, **kw):.4f}"
+            )
+        table.add_row(*row)
+    console.print(table)
+
+
+def _register() -> None:
+    from analysis.cli import bound_check
+
+    app.command("bound-check")(bound_check)
+
+
+_register()
