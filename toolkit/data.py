@@ -367,6 +367,8 @@ def _parse_idx(data: bytes, path: Path) -> np.ndarray:
                 f"{path}: corrupt gzip data ({_one_line(e)}); download the file again"
             ) from e
     fix = "it is not an IDX file or is damaged; download it again"
+    if not data:
+        raise ToolkitError(f"{path}: empty file; {fix}")
     if len(data) < 4 or data[:2] != b"\0\0":
         raise ToolkitError(f"{path}: bad IDX magic number 0x{data[:4].hex()}; {fix}")
     code, ndim = data[2], data[3]
@@ -433,8 +435,8 @@ def _parse_cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]
 def _check_labels(labels: np.ndarray, *, where: str, count: int, num_classes: int) -> None:
     if len(labels) != count:
         raise ToolkitError(
-            f"{where}: {len(labels)} labels for {count} images; the image and label files do "
-            f"not belong together, download both again"
+            f"{where}: {len(labels)} labels for {count} images; the data is damaged or mixes "
+            f"files from different sets, download it again"
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels.min() if labels.min() < 0 else labels.max()

@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, fetch Fashion-MNIST if needed, train a short DP-SGD run, check the theory
+#   make test   set up .venv and run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FASHION := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test lint bench
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Debian's dataset-fashion-mnist puts the real IDX files in $(FASHION); otherwise the
+# loader downloads them (SHA-256 verified) or says exactly where to put them.
+data:
+	@if [ ! -d $(FASHION) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || \
+	  echo "note: apt could not install dataset-fashion-mnist; the loader will try to download"; \
+	fi
+
+demo: setup data
+	rm -rf runs/demo
+	$(BIN)/toolkit train --preset fashion-mnist-tanh --epochs 3 --out runs/demo
+	$(BIN)/toolkit bound-check --json runs/bound-check.json --plot runs/bound-check
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m benchmarks.step_time
