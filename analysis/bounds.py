@@ -70,7 +70,9 @@ def check_tempered_sigmoid(*, grid_size: int) -> list[CheckResult]:
     worst_violation, worst_ratio, worst_deriv_err, at_zero_err = 0.0, 0.0, 0.0, 0.0
     for s, t, o in TRIPLETS:
         phi = np.asarray(tempered_sigmoid(x_wide / t, scale=s, inverse_temp=t, offset=o))
-        worst_violation = max(worst_violation, float(np.max(-o - phi)), float(np.max(phi - (s - o))))
+        worst_violation = max(
+            worst_violation, float(np.max(-o - phi)), float(np.max(phi - (s - o)))
+        )
 
         def act(v, s=s, t=t, o=o):
             return tempered_sigmoid(v, scale=s, inverse_temp=t, offset=o)
@@ -83,15 +85,15 @@ def check_tempered_sigmoid(*, grid_size: int) -> list[CheckResult]:
 
     return [
         CheckResult(
-            name="sigmoid: phi_{2,2,1} = tanh",
+            name="sigmoid: max |phi_221 - tanh|",
             measure="max |error|",
             value=tanh_err,
-            tolerance=f"<= 4 eps = {tanh_tol:.1e}",
+            tolerance="<= 4 eps",
             passed=tanh_err <= tanh_tol,
             details={"grid": [-20.0, 20.0, grid_size]},
         ),
         CheckResult(
-            name="sigmoid: range within [-o, s-o]",
+            name="sigmoid: range (-o, s-o), overshoot",
             measure="max violation",
             value=worst_violation,
             tolerance="<= 0",
@@ -99,15 +101,15 @@ def check_tempered_sigmoid(*, grid_size: int) -> list[CheckResult]:
             details={"triplets": TRIPLETS, "T*x range": [-60.0, 60.0]},
         ),
         CheckResult(
-            name="sigmoid: phi' <= sT/4, equal at 0",
+            name="sigmoid: max phi'/(sT/4), =1 at 0",
             measure="max phi'/(sT/4)",
             value=worst_ratio,
-            tolerance="<= 1 + 4 eps, = 1 at x=0",
+            tolerance="<= 1 + 4 eps",
             passed=worst_ratio <= 1 + 4 * EPS and at_zero_err <= 4 * EPS,
             details={"relative error of phi'(0) vs sT/4": at_zero_err},
         ),
         CheckResult(
-            name="sigmoid: autodiff phi' vs closed form",
+            name="sigmoid: phi' autodiff vs closed",
             measure="max |error|/(sT/4)",
             value=worst_deriv_err,
             tolerance="<= 8 eps",
@@ -186,16 +188,15 @@ def check_eq4(*, num_random: int, dim: int, seed: int) -> list[CheckResult]:
     }
     adversarial = (kind == 1) & (t_all == SWEEP_T[0])
     curve = {f"{tm:g}": float(1.0 - r) for tm, r in zip(ADVERSARIAL_TM, ratio[adversarial])}
-    shown = ", ".join(f"{v:.1e}" for v in list(curve.values())[:5])
     finding = (
-        f"Eq. (4) holds at all {len(ratio)} points and is tight: ||grad||/(|T| ||z||) = "
-        f"sigmoid(-T y <z,theta>), so 1 - ratio = {shown} at T y <z,theta> = "
-        f"{', '.join(list(curve)[:5])}, and the ratio rounds to 1 in float64 from about -37 on "
-        f"(witness: T={witness['T']:g}, T y <z,theta> = {witness['T*y*<z,theta>']:.3g})."
+        f"Eq. (4) holds at all {len(ratio)} points and is tight: the ratio is "
+        f"sigmoid(-T y <z,theta>) -> 1 on grossly misclassified points (1 - ratio = "
+        f"{curve['-10']:.1e} at T y <z,theta> = -10, {curve['-30']:.1e} at -30, 0 in float64 "
+        "from about -37)."
     )
     return [
         CheckResult(
-            name="eq. (4): ||grad l|| <= |T| ||z||",
+            name="eq.4: sup ||grad||/(|T| ||z||)",
             measure="sup ratio",
             value=float(ratio[best]),
             tolerance="<= 1 + 4 eps",
@@ -204,7 +205,7 @@ def check_eq4(*, num_random: int, dim: int, seed: int) -> list[CheckResult]:
             details={"witness": witness, f"1 - ratio vs T*margin at T={SWEEP_T[0]:g}": curve},
         ),
         CheckResult(
-            name="eq. (4): autodiff vs closed form",
+            name="eq.4: autodiff vs closed form",
             measure="max rel. error (cond.)",
             value=agree,
             tolerance="<= 4 eps",
@@ -293,38 +294,35 @@ def check_eq5(*, num_random: int, dim: int, seed: int) -> list[CheckResult]:
         worst_paper = max(worst_paper, float(np.max(ratio_sk)))
 
     loose = ", ".join(
-        f"k={k}: {per_k[str(k)]['sup ratio to sqrt(k)|T|||z|| (paper)']:.3f}"
-        for k in CLASS_COUNTS
+        f"k={k}: {per_k[str(k)]['sup ratio to sqrt(k)|T|||z|| (paper)']:.3f}" for k in CLASS_COUNTS
     )
-    w_last = per_k[str(CLASS_COUNTS[-1])]
+    w_last = per_k[str(CLASS_COUNTS[-1])]["witness"]
     return [
         CheckResult(
-            name="eq. (5): paper sqrt(k)|T| ||z||",
+            name="eq.5: sup ||grad||/(sqrt(k)|T|||z||)",
             measure="sup ratio",
             value=worst_paper,
             tolerance="<= 1 + 4 eps",
             passed=worst_paper <= 1 + 4 * EPS,
             finding=(
-                "Eq. (5) as printed holds but is loose by sqrt(k/2): the sup ratio to "
-                f"sqrt(k)|T| ||z|| is sqrt(2/k) ({loose}), because ||grad l|| never exceeds "
-                "sqrt(2)|T| ||z||, whatever k."
+                "Eq. (5) holds but is loose by sqrt(k/2): ||grad l|| <= sqrt(2)|T| ||z|| for "
+                "every k, so the sup ratio to the paper's sqrt(k)|T| ||z|| is sqrt(2/k) "
+                f"({loose}). "
+                f"sqrt(2) is approached when one wrong class holds all the mass (k="
+                f"{CLASS_COUNTS[-1]}: 1 - p_wrong = {w_last['1 - p_wrong']:.1e} gives ratio "
+                f"1 - {w_last['1 - ratio to sqrt(2)']:.1e})."
             ),
             details={"per k": per_k},
         ),
         CheckResult(
-            name="eq. (5): tight sqrt(2)|T| ||z||",
+            name="eq.5: sup ||grad||/(sqrt(2)|T|||z||)",
             measure="sup ratio",
             value=worst_tight,
             tolerance="<= 1 + 4 eps",
             passed=worst_tight <= 1 + 4 * EPS,
-            finding=(
-                f"sqrt(2)|T| ||z|| is the tight bound for every k: at k={CLASS_COUNTS[-1]}, with "
-                f"one wrong class holding 1 - {w_last['witness']['1 - p_wrong']:.1e} of the mass, "
-                f"the ratio to it is 1 - {w_last['witness']['1 - ratio to sqrt(2)']:.1e}."
-            ),
         ),
         CheckResult(
-            name="eq. (5): autodiff vs closed form",
+            name="eq.5: autodiff vs closed form",
             measure="max rel. error (cond.)",
             value=agree,
             tolerance="<= 4 eps",

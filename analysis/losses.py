@@ -71,4 +71,3 @@ def huberised_binary_loss(
     linear = jax.nn.softplus(-t * m0) + slope * (m0 - margin)
     exact = jax.nn.softplus(-t * margin)
     return jnp.where(can_clip & (margin < m0), linear, exact)
-

@@ -13,8 +13,9 @@ class CheckResult:
     """The outcome of one check.
 
     Attributes:
-      name: the claim checked, e.g. "eq. (4): ||grad l|| <= |T| ||z||".
-      measure: what `value` is, e.g. "sup ratio" or "max |error|".
+      name: the claim and the number measured, short enough for an 80-column table,
+        e.g. "eq.4: sup ||grad||/(|T| ||z||)".
+      measure: the exact definition of `value`, for the JSON record.
       value: the worst ratio or error found.
       tolerance: the pass criterion in words, e.g. "<= 1 + 4 eps".
       passed: whether `value` meets the criterion (and any cross-check agreed).

@@ -34,5 +34,5 @@ def make_mnist_like(directory: Path, *, n_train: int, n_test: int, seed: int = 0
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    """A directory with a 600/200-example dataset usable as --data-dir for mnist or fashion-mnist."""
+    """A 600/200-example dataset directory, usable as --data-dir for (fashion-)mnist."""
     return make_mnist_like(tmp_path_factory.mktemp("data"), n_train=600, n_test=200)

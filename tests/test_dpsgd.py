@@ -82,7 +82,12 @@ def test_noise_std_matches_sigma_times_c():
     mech = dpsgd.Mechanism(clip_norm=0.7, noise_multiplier=1.3)
     zeros = dpsgd.zeros_like(params)
     noise = np.concatenate(
-        [np.ravel(v) for v in jax.tree.leaves(dpsgd.add_gaussian_noise(zeros, jax.random.key(0), mech.noise_std))]  # noqa: E501
+        [
+            np.ravel(v)
+            for v in jax.tree.leaves(
+                dpsgd.add_gaussian_noise(zeros, jax.random.key(0), mech.noise_std)
+            )
+        ]  # noqa: E501
     )
     n = noise.size
     assert mech.noise_std == pytest.approx(1.3 * 0.7)
@@ -131,6 +136,8 @@ def test_microbatches_accumulate_to_the_single_batch_sum(split_model):
     whole, _, _ = acc(params, zeros, x, y, jnp.arange(48, dtype=jnp.int32), jnp.ones(48, bool))
     parts = zeros
     for start in (0, 16, 32):
-        parts, _, _ = acc(params, parts, x, y, jnp.arange(start, start + 16, dtype=jnp.int32), jnp.ones(16, bool))  # noqa: E501
+        parts, _, _ = acc(
+            params, parts, x, y, jnp.arange(start, start + 16, dtype=jnp.int32), jnp.ones(16, bool)
+        )  # noqa: E501
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -151,8 +151,19 @@ def test_out_that_is_not_a_run_is_refused(tiny_data_dir, tmp_path):
 def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "nowhere"))
     result = runner.invoke(
-        app, ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"), "--quiet",
-              "--noise-multiplier", "1", "--out", str(tmp_path / "o")],  # fmt: skip
+        app,
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "empty"),
+            "--quiet",
+            "--noise-multiplier",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],  # fmt: skip
     )
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from toolkit.errors import ToolkitError
+
 Activation = Callable[[jax.Array], jax.Array]
 
 
@@ -80,15 +82,16 @@ class ActivationSpec:
 
     def __post_init__(self) -> None:
         if self.name not in ACTIVATION_NAMES:
-            raise ValueError(
-                f"activation={self.name!r} is unknown; expected one of {', '.join(ACTIVATION_NAMES)}."
+            raise ToolkitError(
+                f"activation={self.name!r} is unknown; "
+                f"expected one of {', '.join(ACTIVATION_NAMES)}."
             )
         if self.name == "tempered":
             for field, value in (("scale", self.scale), ("inverse_temp", self.inverse_temp)):
                 if not (math.isfinite(value) and value > 0):
-                    raise ValueError(f"{field}={value} must be finite and > 0.")
+                    raise ToolkitError(f"{field}={value} must be finite and > 0.")
             if not math.isfinite(self.offset):
-                raise ValueError(f"offset={self.offset} must be finite.")
+                raise ToolkitError(f"offset={self.offset} must be finite.")
 
     @property
     def label(self) -> str:

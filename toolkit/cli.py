@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="DP-SGD with tempered sigmoid activations: training, accounting and clipping-bias theory.",
 )
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -101,7 +101,12 @@ def train(
     settings.update({k: v for k, v in given.items() if v is not None})
     if noise_multiplier is not None or target_epsilon is not None:
         settings["noise_multiplier"], settings["target_epsilon"] = noise_multiplier, target_epsilon
-    if activation is not None or scale is not None or inverse_temp is not None or offset is not None:
+    if (
+        activation is not None
+        or scale is not None
+        or inverse_temp is not None
+        or offset is not None
+    ):
         base = settings.get("activation", config_lib.TrainConfig.activation)
         spec = {"name": activation or base.name, "scale": scale, "inverse_temp": inverse_temp,
                 "offset": offset}  # fmt: skip
@@ -174,7 +179,120 @@ def account(
     console.print(table)
 
 
+@app.command()
+@one_line_errors
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep file (TOML: [base] and [grid])."),
+    root: Path = typer.Option(..., help="Directory that holds one run directory per grid point."),
+    executor: str = typer.Option("local", help="local (process pool) or ray."),
+    workers: int = typer.Option(1, help="Local processes; each run uses all cores it is given."),
+    address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, train nothing."),
+) -> None:
+    """Run a grid of configs; finished runs are skipped and unfinished ones resumed."""
+    from rich.progress import Progress
+
+    from experiments import sweep as sweep_lib
+
+    runs = sweep_lib.expand(sweep_lib.load_spec(spec))
+    if dry_run:
+        for name, cfg in runs:
+            console.print(f"{root / name}: {cfg.activation.label}, seed {cfg.seed}")
+        return
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"sweep {spec.name}", total=len(runs))
+
+        def on_done(name: str, status: str) -> None:
+            bar.console.print(f"{status:>8}  {root / name}")
+            bar.advance(task)
+
+        sweep_lib.run_sweep(
+            runs, root, executor=executor, workers=workers, address=address, on_done=on_done
+        )
+
+
+@app.command()
+@one_line_errors
+def pareto(
+    runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
+    accountant: str = typer.Option("rdp-classic", help="Which stored eps is the x axis."),
+    out: Path = typer.Option(..., help="Figure path; writes OUT.png and OUT.pdf."),
+) -> None:
+    """Figure 3: test accuracy against eps for each setting, with the Pareto frontier."""
+    from experiments import plots, records
+
+    written = plots.pareto_figure(
+        records.find_runs(runs), accountant=records.check_accountant(accountant), out=out
+    )
+    console.print("wrote " + ", ".join(map(str, written)))
+
+
+@app.command()
+@one_line_errors
+def table(
+    runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
+    accountant: str = typer.Option("rdp-classic", help="Which stored eps to report."),
+    out: Path = typer.Option(None, help="Writes OUT.md and OUT.csv."),
+    best_lr: bool = typer.Option(False, "--best-lr", help="Table 4: best lr per setting."),
+) -> None:
+    """Table 3: final test accuracy (mean +- std over seeds) per setting, with eps."""
+    from experiments import records, tables
+    from toolkit.io import atomic_write_text
+
+    found = records.find_runs(runs)
+    acc = records.check_accountant(accountant)
+    rows = (
+        tables.best_lr_rows(found, accountant=acc)
+        if best_lr
+        else tables.accuracy_rows(found, accountant=acc)
+    )
+    markdown = tables.to_markdown(rows)
+    console.print(markdown, markup=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out.with_suffix(".md"), markdown)
+        atomic_write_text(out.with_suffix(".csv"), tables.to_csv(rows))
+
+
+@app.command()
+@one_line_errors
+def figures(
+    runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
+    kind: str = typer.Option(..., help="grad-norms (Fig. 4), act-norms (Fig. 5) or grid (Fig. 2)."),
+    accountant: str = typer.Option("rdp-classic", help="eps shown in titles."),
+    out: Path = typer.Option(..., help="Figure path; writes OUT.png and OUT.pdf."),
+) -> None:
+    """Figures 2, 4 and 5 from run records."""
+    from experiments import plots, records
+
+    found = records.find_runs(runs)
+    acc = records.check_accountant(accountant)
+    if kind == "grad-norms":
+        written = plots.trace_figure(
+            found, field="grad_norm.median", ylabel="median pre-clip per-example grad norm", out=out
+        )
+    elif kind == "act-norms":
+        written = plots.trace_figure(
+            found, field="first_conv_activation_norm", ylabel="L2 norm of conv1 activations",
+            out=out,
+        )  # fmt: skip
+    elif kind == "grid":
+        written = plots.grid_figure(found, accountant=acc, out=out)
+        _, best = plots.best_triplets(found)
+        console.print(f"mean of best 10% triplets: s={best[0]:.3f} T={best[1]:.3f} o={best[2]:.3f}")
+    else:
+        raise ToolkitError(f"kind={kind!r} is unknown; expected grad-norms, act-norms or grid.")
+    console.print("wrote " + ", ".join(map(str, written)))
+
+
 def _register() -> None:
+    from toolkit.cli_audit import audit
+
+    app.command("audit")(audit)
+    import importlib.util  # TEMPORARY guard until analysis/cli.py lands
+
+    if importlib.util.find_spec("analysis.cli") is None:
+        return
     from analysis.cli import bound_check
 
     app.command("bound-check")(bound_check)

@@ -86,8 +86,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10-relu": {**_CIFAR, "activation": ActivationSpec("relu")},
     # TensorFlow Privacy's MNIST tutorial (eps 3.01 under rdp-classic).
     "mnist-relu-tfp": dict(
-        dataset="mnist", activation=ActivationSpec("relu"), epochs=60, batch_size=256,
-        lr=0.15, clip_norm=1.0, noise_multiplier=1.1, delta=1e-5,
+        dataset="mnist",
+        activation=ActivationSpec("relu"),
+        epochs=60,
+        batch_size=256,
+        lr=0.15,
+        clip_norm=1.0,
+        noise_multiplier=1.1,
+        delta=1e-5,
     ),  # fmt: skip
 }
 
@@ -105,20 +111,43 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     """Raise ToolkitError for the first invalid setting; warn on delta >= 1/N."""
-    _require(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.")  # noqa: E501
+    _require(
+        cfg.dataset in DATASETS,
+        f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.",
+    )  # noqa: E501
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1.")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1.")
-    _require(cfg.max_physical_batch >= 1, f"max_physical_batch={cfg.max_physical_batch} must be >= 1.")  # noqa: E501
-    _require(cfg.optimizer in OPTIMIZERS, f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.")  # noqa: E501
+    _require(
+        cfg.max_physical_batch >= 1, f"max_physical_batch={cfg.max_physical_batch} must be >= 1."
+    )  # noqa: E501
+    _require(
+        cfg.optimizer in OPTIMIZERS,
+        f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",
+    )  # noqa: E501
     _require(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr} must be finite and > 0.")
     _require(0 <= cfg.momentum < 1, f"momentum={cfg.momentum} must be in [0, 1).")
-    _require(cfg.clipping in CLIPPING_RULES, f"clipping={cfg.clipping!r} is unknown; expected one of {', '.join(CLIPPING_RULES)}.")  # noqa: E501
+    _require(
+        cfg.clipping in CLIPPING_RULES,
+        f"clipping={cfg.clipping!r} is unknown; expected one of {', '.join(CLIPPING_RULES)}.",
+    )  # noqa: E501
     _require(cfg.clip_norm > 0, f"clip_norm={cfg.clip_norm} must be > 0.")
-    _require(math.isfinite(cfg.gamma) and cfg.gamma > 0, f"gamma={cfg.gamma} must be finite and > 0.")  # noqa: E501
-    _require(cfg.sampling in SAMPLINGS, f"sampling={cfg.sampling!r} is unknown; expected one of {', '.join(SAMPLINGS)}.")  # noqa: E501
-    _require(cfg.accountant in accounting.ACCOUNTANTS, f"accountant={cfg.accountant!r} is unknown; expected one of {', '.join(accounting.ACCOUNTANTS)}.")  # noqa: E501
+    _require(
+        math.isfinite(cfg.gamma) and cfg.gamma > 0, f"gamma={cfg.gamma} must be finite and > 0."
+    )  # noqa: E501
+    _require(
+        cfg.sampling in SAMPLINGS,
+        f"sampling={cfg.sampling!r} is unknown; expected one of {', '.join(SAMPLINGS)}.",
+    )  # noqa: E501
+    _require(
+        cfg.accountant in accounting.ACCOUNTANTS,
+        f"accountant={cfg.accountant!r} is unknown; "
+        f"expected one of {', '.join(accounting.ACCOUNTANTS)}.",
+    )  # noqa: E501
     _require(0 < cfg.delta < 1, f"delta={cfg.delta} must be in (0, 1).")
-    _require(cfg.limit_train is None or cfg.limit_train >= 1, f"limit_train={cfg.limit_train} must be >= 1.")  # noqa: E501
+    _require(
+        cfg.limit_train is None or cfg.limit_train >= 1,
+        f"limit_train={cfg.limit_train} must be >= 1.",
+    )  # noqa: E501
     if cfg.private:
         _require(
             (cfg.noise_multiplier is None) != (cfg.target_epsilon is None),
@@ -126,12 +155,22 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
             f"(got noise_multiplier={cfg.noise_multiplier}, target_epsilon={cfg.target_epsilon}).",
         )
         if cfg.noise_multiplier is not None:
-            _require(math.isfinite(cfg.noise_multiplier) and cfg.noise_multiplier >= 0, f"noise_multiplier={cfg.noise_multiplier} must be finite and >= 0.")  # noqa: E501
-            _require(math.isfinite(cfg.clip_norm), f"clip_norm={cfg.clip_norm} must be finite for a private run (use --no-privacy).")  # noqa: E501
+            _require(
+                math.isfinite(cfg.noise_multiplier) and cfg.noise_multiplier >= 0,
+                f"noise_multiplier={cfg.noise_multiplier} must be finite and >= 0.",
+            )  # noqa: E501
+            _require(
+                math.isfinite(cfg.clip_norm),
+                f"clip_norm={cfg.clip_norm} must be finite for a private run (use --no-privacy).",
+            )  # noqa: E501
         if cfg.target_epsilon is not None:
             _require(cfg.target_epsilon > 0, f"target_epsilon={cfg.target_epsilon} must be > 0.")
     if num_examples is not None:
-        _require(cfg.batch_size <= num_examples, f"batch_size={cfg.batch_size} must be <= the number of training examples ({num_examples}).")  # noqa: E501
+        _require(
+            cfg.batch_size <= num_examples,
+            f"batch_size={cfg.batch_size} must be <= the number of training examples "
+            f"({num_examples}).",
+        )  # noqa: E501
         if cfg.private and cfg.delta >= 1 / num_examples:
             warnings.warn(
                 f"delta={cfg.delta} >= 1/N = {1 / num_examples:.3g}: such a delta permits "
@@ -153,9 +192,7 @@ def resolve(cfg: TrainConfig, *, num_examples: int) -> TrainConfig:
         accountant=cfg.accountant,
         target_epsilon=cfg.target_epsilon,
         sampling_prob=cfg.batch_size / num_examples,
-        steps=accounting.steps_for(
-            num_examples=num_examples, batch_size=cfg.batch_size, epochs=cfg.epochs
-        ),
+        steps=cfg.epochs * (num_examples // cfg.batch_size),  # exactly the steps train runs
         delta=cfg.delta,
     )
     return dataclasses.replace(cfg, noise_multiplier=sigma)

@@ -14,6 +14,7 @@ the whole sampler and PRNG state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import subprocess
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -33,7 +35,12 @@ from toolkit.config import TrainConfig
 from toolkit.errors import ToolkitError
 from toolkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-CONFIG, EPOCHS, SUMMARY, CHECKPOINT = "config.json", "epochs.jsonl", "summary.json", "checkpoint.npz"
+CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
+    "config.json",
+    "epochs.jsonl",
+    "summary.json",
+    "checkpoint.npz",
+)
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "dp-accounting", "numpy", "scipy")
 
 
@@ -54,9 +61,15 @@ def provenance() -> dict[str, Any]:
             versions[pkg] = None
     repo = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
         dirty = bool(
             subprocess.run(
                 ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
@@ -82,15 +95,51 @@ def prepare_new(out: Path) -> None:
             f"--out={out} exists and is not empty; choose a new directory, or continue a run "
             f"with --resume {out}."
         )
-    parent = out.parent if not out.exists() else out
-    if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
+    # The nearest existing ancestor is where the first directory will be created.
+    anchor = out.absolute()
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
         raise ToolkitError(f"--out={out} is not writable; choose a directory you can write to.")
 
 
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Turn a failed write (read-only, full disk, quota) into a one-line ToolkitError.
+
+    Every write is atomic (toolkit.io), so a failed one leaves the previous file intact
+    and the run can be continued with --resume once the cause is fixed.
+    """
+    try:
+        yield
+    except OSError as e:
+        raise ToolkitError(
+            f"cannot write to {out} ({e.strerror or e}); files already there are intact: "
+            "free space or fix permissions, then run again (a started run: --resume)."
+        ) from None
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files of atomic writes interrupted by a kill (`.<name>.*.tmp`)."""
+    for name in (CONFIG, EPOCHS, SUMMARY, CHECKPOINT):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            with _writing(out):
+                tmp.unlink(missing_ok=True)
+
+
 def write_config(out: Path, cfg: TrainConfig, extra: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """Create `out` and write config.json; on failure leave no empty `out` behind."""
+    created = not out.exists()
     record = {"config": cfg.to_dict(), "config_hash": config_hash(cfg), **extra}
-    atomic_write_json(out / CONFIG, record)
+    try:
+        with _writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / CONFIG, record)
+    except ToolkitError:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
+        raise
 
 
 def read_config(out: Path) -> dict[str, Any]:
@@ -99,12 +148,14 @@ def read_config(out: Path) -> dict[str, Any]:
         raise ToolkitError(f"--resume={out} is not a run directory ({CONFIG} missing).")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ToolkitError(f"{path} is corrupt ({e}); the run cannot be resumed.") from None
 
 
 def write_epochs(out: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(out / EPOCHS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
+    with _writing(out):
+        atomic_write_text(out / EPOCHS, text)
 
 
 def read_epochs(out: Path) -> list[dict[str, Any]]:
@@ -115,7 +166,8 @@ def read_epochs(out: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    atomic_write_json(out / SUMMARY, summary)
+    with _writing(out):
+        atomic_write_json(out / SUMMARY, summary)
 
 
 def save_checkpoint(
@@ -130,11 +182,12 @@ def save_checkpoint(
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
+    with _writing(out):
+        atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
 
 
 def load_checkpoint(out: Path, *, params, opt_state, cfg_hash: str):
-    """Restore into the structure of `(params, opt_state)`; returns (params, opt_state, key, meta)."""
+    """Restore into the structure of `(params, opt_state)`: (params, opt_state, key, meta)."""
     path = out / CHECKPOINT
     bad = f"{path} is corrupt or incomplete; delete the run directory and start again"
     try:
@@ -145,7 +198,7 @@ def load_checkpoint(out: Path, *, params, opt_state, cfg_hash: str):
             key = jax.random.wrap_key_data(z["key"])
     except FileNotFoundError:
         raise ToolkitError(f"--resume={out} has no {CHECKPOINT}; nothing to resume.") from None
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise ToolkitError(f"{bad} ({type(e).__name__}).") from None
     if meta.get("config_hash") != cfg_hash:
         raise ToolkitError(

@@ -35,7 +35,10 @@ class PoissonSampler:
 
 @dataclasses.dataclass(frozen=True)
 class ShuffleSampler:
-    """Fixed-size batches from a fresh permutation each epoch (NOT what Poisson accounting assumes)."""
+    """Fixed-size batches from a fresh permutation each epoch.
+
+    NOT what the Poisson accountants assume: runs using it are labelled as such.
+    """
 
     num_examples: int
     batch_size: int

@@ -138,9 +138,10 @@ def _evaluate(run: _Run, params, evaluate, act_norm, test_x, test_y) -> dict[str
     correct, losses = [], []
     n = len(run.data.test_labels)
     for i in range(0, n, _EVAL_BATCH):
-        c, l = evaluate(params, test_x[i : i + _EVAL_BATCH], test_y[i : i + _EVAL_BATCH])
-        correct.append(np.asarray(c))
-        losses.append(np.asarray(l))
+        batch = slice(i, i + _EVAL_BATCH)
+        hits, loss = evaluate(params, test_x[batch], test_y[batch])
+        correct.append(np.asarray(hits))
+        losses.append(np.asarray(loss))
     correct, losses = np.concatenate(correct), np.concatenate(losses)
     labels = run.data.test_labels
     k = run.data.num_classes
@@ -293,10 +294,16 @@ def train(
     if out is not None:
         rundir.prepare_new(out)
     data = load_data(cfg)
+    requested = cfg.to_dict()
     cfg = resolve(cfg, num_examples=len(data.train_labels))
     run = _init(cfg, data)
     if out is not None:
-        rundir.write_config(out, cfg, {"provenance": rundir.provenance(), "privacy": privacy_label(cfg)})  # noqa: E501
+        extra = {
+            "requested": requested,
+            "provenance": rundir.provenance(),
+            "privacy": privacy_label(cfg),
+        }  # noqa: E501
+        rundir.write_config(out, cfg, extra)
     _, _, history = _fit(run, out, start_epoch=0, history=[], progress=progress)
     summary = _summary(cfg, history, run.num_train)
     if out is not None:
@@ -309,11 +316,12 @@ def resume(out: Path, *, progress: bool = False) -> tuple[dict[str, Any], list[d
     record = rundir.read_config(out)
     try:
         cfg = TrainConfig.from_dict(record["config"])
-    except (KeyError, TypeError, ValueError) as e:
+        same = rundir.config_hash(cfg) == record.get("config_hash")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ToolkitError(f"{out / rundir.CONFIG} is not a valid run config ({e}).") from None
-    data = load_data(cfg)
-    if rundir.config_hash(cfg) != record.get("config_hash"):
+    if not same:  # checked before the config is used: an edited file could hold anything
         raise ToolkitError(f"{out / rundir.CONFIG} was edited (hash mismatch); it cannot resume.")
+    data = load_data(cfg)
     run = _init(cfg, data)
     if (out / rundir.CHECKPOINT).exists():
         params, opt_state, key, meta = rundir.load_checkpoint(
@@ -323,6 +331,7 @@ def resume(out: Path, *, progress: bool = False) -> tuple[dict[str, Any], list[d
         start, history = meta["epoch"], meta["history"]
     else:  # killed before the first epoch ended
         start, history = 0, []
+    rundir.remove_stale_temporaries(out)  # left by a kill during an atomic write
     rundir.write_epochs(out, history)
     if start < cfg.epochs:
         _, _, history = _fit(run, out, start_epoch=start, history=history, progress=progress)

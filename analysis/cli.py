@@ -1,0 +1,70 @@
+"""`toolkit bound-check`: parse the options, run `analysis.suite`, report. No logic here.
+
+Exit codes: 0 all checks pass, 1 some check fails (the table says which),
+2 invalid options (one `error: ...` line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from toolkit.errors import ToolkitError
+
+_DEFAULT_T = "0.5,1,2,4,8"
+_DEFAULT_C = "0.1,0.5,1,2"
+
+
+def _parent_exists(path: Path | None, option: str) -> None:
+    if path is not None and not path.resolve().parent.is_dir():
+        raise ToolkitError(f"{option}={path}: directory {path.parent} does not exist.")
+
+
+def bound_check(
+    temperatures: str = typer.Option(_DEFAULT_T, help="Inverse temperatures T, comma-separated."),
+    clip_norms: str = typer.Option(_DEFAULT_C, help="Clipping norms C, comma-separated."),
+    radius: float = typer.Option(1.0, help="Radius R of the parameter ball (diameter 2R)."),
+    n: int = typer.Option(64, "--n", help="Points per synthetic dataset and tightness witness."),
+    dim: int = typer.Option(5, help="Dimension of the synthetic data."),
+    seed: int = typer.Option(0, help="Seed of every random draw."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller samples and searches (seconds)."),
+    json_path: Path = typer.Option(None, "--json", help="Write the full record as JSON here."),
+    plot: Path = typer.Option(
+        None, help="Write PATH.png/.pdf (Theorem 1) and PATH-tightness.png/.pdf."
+    ),
+) -> None:
+    """Check the paper's theory numerically: eqs. (3)-(5), Theorem 1, its tightness, Lemma 3.1."""
+    from analysis import report, suite
+
+    try:
+        config = suite.BoundCheckConfig(
+            temperatures=suite.parse_floats(temperatures, name="temperatures"),
+            clip_norms=suite.parse_floats(clip_norms, name="clip-norms"),
+            radius=radius,
+            n=n,
+            dim=dim,
+            seed=seed,
+            quick=quick,
+        )
+        _parent_exists(json_path, "--json")
+        _parent_exists(plot, "--plot")
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+    result = suite.run(config)
+    console = Console()
+    report.print_report(result, console)
+    if json_path is not None:
+        report.write_json(result, json_path)
+        console.print(f"wrote {json_path}", style="dim")
+    if plot is not None:
+        from analysis import plots
+
+        for p in plots.write_figures(result, plot):
+            console.print(f"wrote {p}", style="dim")
+    if not result.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,149 @@
+"""Check 4 (analysis.solvers, analysis.theorem1) against closed forms and a second solver."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from scipy.integrate import quad
+from scipy.special import expit
+
+from analysis import solvers, theorem1
+from analysis.datasets import DATASET_KINDS, make_datasets
+from analysis.losses import huberised_binary_loss
+from analysis.precision import EPS, float64
+
+# Two clusters on the e1 axis: 3 points (e1, +1) and 1 point (e1, -1), T = 4, C = 1.
+# Unclipped: 3 sigma(-T th) = sigma(T th) -> theta* = ln(3) / T.
+# Clipped: the lone point is clipped (T sigma(T th) > C) and the others are not, so
+# 3 T sigma(-T th) = C -> theta_c = ln(3 T / C - 1) / T = ln(11) / 4.
+T, C, R = 4.0, 1.0, 2.0
+THETA_STAR = math.log(3.0) / T
+THETA_CLIPPED = math.log(3 * T / C - 1) / T
+
+
+def two_cluster(dim: int = 3):
+    z = np.zeros((4, dim))
+    z[:, 0] = 1.0
+    return z, np.array([1.0, 1.0, 1.0, -1.0])
+
+
+def test_projected_gd_finds_closed_form_optima():
+    z, y = two_cluster()
+    sol = solvers.projected_gd(
+        np.stack([z, z]),
+        np.stack([y, y]),
+        inverse_temp=np.array([T, T]),
+        clip_norm=np.array([C, math.inf]),
+        radius=R,
+        tol=1e-12,
+    )
+    assert sol.certified.all()
+    # Curvature at both optima is >= 0.1, so ||G|| <= 1e-12 pins theta to ~1e-11.
+    assert sol.theta[0] == pytest.approx([THETA_CLIPPED, 0, 0], abs=1e-10)
+    assert sol.theta[1] == pytest.approx([THETA_STAR, 0, 0], abs=1e-10)
+    assert sol.ever_clipped.tolist() == [True, False]
+
+    def risk(th):
+        return 0.75 * math.log1p(math.exp(-T * th)) + 0.25 * math.log1p(math.exp(T * th))
+
+    excess = solvers.objective(sol.theta[0], z, y, inverse_temp=T) - solvers.objective(
+        sol.theta[1], z, y, inverse_temp=T
+    )
+    assert excess == pytest.approx(risk(THETA_CLIPPED) - risk(THETA_STAR), abs=1e-12)
+    assert 0 < excess <= theorem1.paper_bound(T, C, R)
+
+
+def test_projected_gd_stops_on_the_boundary_for_separable_data():
+    z, y = two_cluster()
+    y = np.ones(4)  # separable: the optimum is the boundary point R e1, for any C
+    sol = solvers.projected_gd(
+        z[None], y[None], inverse_temp=np.array([T]), clip_norm=np.array([C]), radius=R, tol=1e-12
+    )
+    assert sol.theta[0] == pytest.approx([R, 0, 0], abs=1e-12)
+
+
+@float64
+def test_numpy_surrogate_matches_jax_surrogate_and_its_autodiff():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(20, 3))
+    z /= np.linalg.norm(z, axis=1, keepdims=True) * rng.uniform(1.0, 4.0, size=(20, 1))
+    y = rng.choice([-1.0, 1.0], size=20)
+
+    def mean_hub(th):
+        per = jax.vmap(
+            lambda zi, yi: huberised_binary_loss(th, zi, yi, inverse_temp=3.0, clip_norm=0.4)
+        )(z, y)
+        return per.mean()
+
+    value_and_grad = jax.jit(jax.value_and_grad(mean_hub))
+    for _ in range(5):
+        theta = rng.normal(size=3) * 2
+        jax_value, jax_grad = value_and_grad(theta)
+        value, grad = solvers.surrogate_value_and_grad(theta, z, y, inverse_temp=3.0, clip_norm=0.4)
+        # Two implementations (numpy by hand, JAX + autodiff): round-off only.
+        assert value == pytest.approx(float(jax_value), abs=1e-14)
+        np.testing.assert_allclose(grad, np.asarray(jax_grad), atol=1e-14)
+
+
+@pytest.mark.parametrize("t, c, r", [(2.0, 1.0, 1.0), (8.0, 0.1, 1.0), (1.0, 0.5, 4.0)])
+def test_sharpened_bound_matches_quadrature(t, c, r):
+    # G = max over ||z|| of int_{-R}^{R} (T rho sigma(-T rho s) - C)_+ ds, by scipy quad.
+    def gap(rho):
+        value, _ = quad(
+            lambda s: max(t * rho * expit(-t * rho * s) - c, 0.0), -r, r, limit=200, epsabs=1e-13
+        )
+        return value
+
+    reference = max(gap(rho) for rho in np.linspace(0.01, 1.0, 100))
+    got = theorem1.sharpened_bound(t, c, r)
+    assert got == pytest.approx(reference, rel=1e-6)  # the rho grid of 100 limits the reference
+    assert got <= (t - c) * 2 * r  # half the paper's bound
+
+
+def test_no_bias_threshold_is_where_the_sharpened_bound_vanishes():
+    t, r = 2.0, 1.0
+    c0 = theorem1.no_bias_threshold(1.0, t, r)  # = T sigma(T R) < T
+    assert c0 == pytest.approx(t * expit(t * r))
+    assert theorem1.sharpened_bound(t, c0 * (1 + 1e-9), r) == 0.0
+    assert theorem1.sharpened_bound(t, c0 * 0.99, r) > 0.0
+
+
+def test_datasets_have_unit_bounded_norms_and_pm1_labels():
+    for d in make_datasets(n=40, dim=3, seed=1):
+        assert d.name in DATASET_KINDS
+        assert np.all(np.linalg.norm(d.z, axis=1) <= 1 + 4 * EPS)
+        assert set(np.unique(d.y)) <= {-1.0, 1.0}
+
+
+def test_grid_respects_bound_zero_bias_and_scipy():
+    datasets = make_datasets(n=16, dim=3, seed=0)
+    cells = theorem1.run_grid(
+        datasets, temperatures=(1.0, 4.0), clip_norms=(0.5, 8.0), radius=1.0, tol=1e-10
+    )
+    assert len(cells) == len(DATASET_KINDS) * 4
+    for cell in cells:
+        # Bound recomputed here from its definition: 2 max(T - C, 0) times diameter 2R.
+        bound = 2 * max(cell.inverse_temp - cell.clip_norm, 0.0) * 2 * cell.radius
+        assert cell.bound == bound
+        assert cell.certified
+        assert cell.excess <= bound + cell.cert_clipped
+        assert cell.scipy_error <= theorem1.SCIPY_TOL
+        if cell.clip_norm >= cell.inverse_temp * cell.max_norm:
+            assert abs(cell.excess) <= cell.cert_clipped + cell.cert_unclipped
+            assert not cell.ever_clipped
+    assert all(r.passed for r in theorem1.check_theorem1(cells, tol=1e-10))
+
+
+def test_momentum_phase_certifies_a_nearly_flat_surrogate():
+    # C << T: most gradients are clipped, the surrogate is nearly flat and plain GD
+    # crawls; after PLAIN_STEPS the solver adds momentum. Its answer must still agree
+    # with SLSQP (an unrelated solver) on the surrogate's optimal value.
+    datasets = make_datasets(n=16, dim=3, seed=0)[:1]
+    cells = theorem1.run_grid(
+        datasets, temperatures=(32.0,), clip_norms=(0.01,), radius=4.0, tol=1e-10
+    )
+    (cell,) = cells
+    assert cell.iterations > solvers.PLAIN_STEPS and cell.certified
+    assert cell.scipy_error <= theorem1.SCIPY_TOL and cell.scipy_below_certificate
+    assert cell.excess <= cell.bound + cell.cert_clipped
