@@ -69,7 +69,7 @@ def make_datasets(*, n: int, dim: int, seed: int) -> tuple[Dataset, ...]:
     out = []
     for name in DATASET_KINDS:
         z, y = raw[name]
-        # A row normalised to norm 1 can land an ulp above it; the bounds assume <= 1.
+        # A row normalised to norm 1 can land an ulp above it: pull it back to ~1.
         z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1.0)
         out.append(Dataset(name=name, z=z, y=y))
     return tuple(out)

@@ -289,10 +289,6 @@ def _register() -> None:
     from toolkit.cli_audit import audit
 
     app.command("audit")(audit)
-    import importlib.util  # TEMPORARY guard until analysis/cli.py lands
-
-    if importlib.util.find_spec("analysis.cli") is None:
-        return
     from analysis.cli import bound_check
 
     app.command("bound-check")(bound_check)
