@@ -23,9 +23,9 @@ import os
 import platform
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import jax
