@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import pyplot as plt
+from matplotlib.ticker import ScalarFormatter
 
 from experiments.records import Run, group_by_setting
 from toolkit.errors import ToolkitError
@@ -78,7 +79,13 @@ def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> l
 
 
 def trace_figure(
-    runs: Sequence[Run], *, field: str, ylabel: str, out: str | Path, log: bool = True
+    runs: Sequence[Run],
+    *,
+    field: str,
+    ylabel: str,
+    out: str | Path,
+    accountant: str = "rdp-classic",
+    log: bool = True,
 ) -> list[Path]:
     """A per-epoch metric for each setting (e.g. 'grad_norm.median'), mean and band over seeds."""
     with plt.rc_context(PAPER_RC):
@@ -86,14 +93,20 @@ def trace_figure(
         for group in sorted(group_by_setting(runs), key=lambda g: g[0].label):
             mean, lo, hi = _band([r.series(field) for r in group])
             epochs = np.arange(1, len(mean) + 1)
-            style = "-" if group[0].config["private"] else ":"
-            (line,) = ax.plot(epochs, mean, style, label=f"{group[0].label} (n={len(group)})")
+            first = group[0]
+            label = f"{first.label} (n={len(group)})"
+            if first.config["private"]:
+                label += f", eps={first.summary['epsilon'][accountant]:.2f}"
+            style = "-" if first.config["private"] else ":"
+            (line,) = ax.plot(epochs, mean, style, label=label)
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         if log:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.set_title(_title(runs, None))
+        ax.set_title(_title(runs, accountant), fontsize=7)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         written = save_figure(fig, out)

@@ -269,12 +269,13 @@ def figures(
     acc = records.check_accountant(accountant)
     if kind == "grad-norms":
         written = plots.trace_figure(
-            found, field="grad_norm.median", ylabel="median pre-clip per-example grad norm", out=out
-        )
+            found, field="grad_norm.mean", ylabel="mean pre-clip per-example grad norm",
+            out=out, accountant=acc,
+        )  # fmt: skip
     elif kind == "act-norms":
         written = plots.trace_figure(
             found, field="first_conv_activation_norm", ylabel="L2 norm of conv1 activations",
-            out=out,
+            out=out, accountant=acc,
         )  # fmt: skip
     elif kind == "grid":
         written = plots.grid_figure(found, accountant=acc, out=out)
