@@ -128,7 +128,8 @@ def _print_summary(summary: dict, out: Path | None) -> None:
     if summary["private"]:
         table.add_row("noise multiplier", f"{summary['noise_multiplier']:.4f}")
         for name, eps in summary["epsilon"].items():
-            table.add_row(f"eps ({name})", f"{eps:.3f} at delta={summary['delta']:g}")
+            shown = "inf (sigma = 0: no guarantee)" if eps is None else f"{eps:.3f}"
+            table.add_row(f"eps ({name})", f"{shown} at delta={summary['delta']:g}")
     table.add_row("privacy", summary["privacy"])
     table.add_row("per-class acc. std", f"{summary['per_class_accuracy_std']:.4f}")
     table.add_row("train time", f"{summary['train_time_s']:.1f} s")

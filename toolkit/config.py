@@ -116,6 +116,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.",
     )  # noqa: E501
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1.")
+    _require(0 <= cfg.seed < 2**63, f"seed={cfg.seed} must be in [0, 2**63).")  # numpy, jax keys
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1.")
     _require(
         cfg.max_physical_batch >= 1, f"max_physical_batch={cfg.max_physical_batch} must be >= 1."
@@ -159,10 +160,11 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
                 math.isfinite(cfg.noise_multiplier) and cfg.noise_multiplier >= 0,
                 f"noise_multiplier={cfg.noise_multiplier} must be finite and >= 0.",
             )  # noqa: E501
-            _require(
-                math.isfinite(cfg.clip_norm),
-                f"clip_norm={cfg.clip_norm} must be finite for a private run (use --no-privacy).",
-            )  # noqa: E501
+        # Also with a target eps: noise sigma * C would be infinite (flat clipping).
+        _require(
+            math.isfinite(cfg.clip_norm),
+            f"clip_norm={cfg.clip_norm} must be finite for a private run (use --no-privacy).",
+        )
         if cfg.target_epsilon is not None:
             _require(cfg.target_epsilon > 0, f"target_epsilon={cfg.target_epsilon} must be > 0.")
     if num_examples is not None:
