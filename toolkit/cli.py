@@ -160,7 +160,7 @@ def account(
     if noise_multiplier is None and target_epsilon is None:
         raise ToolkitError("give --noise-multiplier, --target-epsilon, or both.")
     q = batch_size / num_examples
-    steps = int(epochs * num_examples // batch_size)
+    steps = int(epochs * (num_examples // batch_size))  # as `toolkit train` runs them
     table = Table(title=f"Poisson sampling, q={q:.5g}, steps={steps}, delta={delta:g}")
     table.add_column("accountant")
     if noise_multiplier is not None:
