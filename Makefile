@@ -35,5 +35,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# Optional comparisons (jax-privacy, torch CPU, opacus) are skipped with a note when absent.
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]' || echo "note: the bench extra did not install; comparisons will be skipped"
 	$(BIN)/python -m benchmarks.step_time
+	$(BIN)/python -m benchmarks.breakdown

@@ -169,8 +169,8 @@ def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):
     seen = []
     make_accumulate = dpsgd.make_accumulate
 
-    def spy(graphdef, mechanism):
-        accumulate = make_accumulate(graphdef, mechanism)
+    def spy(graphdef, mechanism, **kwargs):
+        accumulate = make_accumulate(graphdef, mechanism, **kwargs)
 
         def recording(params, acc, images, labels, idx, mask):
             seen.append(np.asarray(idx)[np.asarray(mask)])

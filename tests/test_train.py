@@ -113,6 +113,7 @@ BAD = [
     (["--preset", "imagenet"], "preset='imagenet'"),
     (["--accountant", "gdp"], "accountant='gdp'"),
     (["--sampling", "fixed"], "sampling='fixed'"),
+    (["--per-example", "ghost"], "per_example='ghost'"),
     (["--target-epsilon", "1e-6", "--noise-multiplier", None], "target"),
     (["--activation", "relu", "--scale", "2"], "--scale"),
 ]
@@ -167,3 +168,19 @@ def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
     )
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_divergence_is_a_one_line_error_exit_3_and_keeps_last_checkpoint(tiny_data_dir, tmp_path):
+    """ReLU, lr = 1e30, no clipping or noise: float32 overflows to inf/NaN by epoch 2."""
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(tiny_data_dir),
+            "--epochs", "3", "--batch-size", "60", "--lr", "1e30", "--no-privacy",
+            "--activation", "relu", "--out", str(out), "--quiet"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "training diverged in epoch" in result.output and "Traceback" not in result.output
+    assert not (out / "summary.json").exists()
+    kept = rundir.read_epochs(out)  # the epochs before the divergence stay usable
+    assert f"diverged in epoch {len(kept) + 1}" in result.output
+    assert all(math.isfinite(r["train_loss"]) for r in kept)

@@ -257,7 +257,7 @@ def train_with_canaries(
         clipping=cfg.clipping, clip_norm=cfg.clip_norm, gamma=cfg.gamma,
         noise_multiplier=cfg.noise_multiplier,
     )  # fmt: skip
-    accumulate = dpsgd.make_accumulate(run.graphdef, mech)
+    accumulate = dpsgd.make_accumulate(run.graphdef, mech, implementation=cfg.per_example)
     update = dpsgd.make_update(run.optimizer, mech, expected_batch_size=float(cfg.batch_size))
     sampler = make_sampler(cfg.sampling, num_examples=n, batch_size=cfg.batch_size, seed=cfg.seed)
     physical = physical_batch_size(cfg.batch_size, max_physical=cfg.max_physical_batch)

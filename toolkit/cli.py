@@ -62,6 +62,9 @@ def train(
     epochs: int = typer.Option(None),
     batch_size: int = typer.Option(None, help="Expected logical batch size B (q = B/N)."),
     max_physical_batch: int = typer.Option(None, help="Micro-batch cap (speed/memory only)."),
+    per_example: str = typer.Option(
+        None, help="Per-example gradients: auto, bookkeeping or vmap (speed only)."
+    ),
     optimizer: str = typer.Option(None, help="sgd or adam."),
     lr: float = typer.Option(None, help="Learning rate."),
     momentum: float = typer.Option(None, help="Heavy-ball momentum for sgd."),
@@ -93,7 +96,8 @@ def train(
     settings = config_lib.preset(preset) if preset else {}
     given = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size,
-        "max_physical_batch": max_physical_batch, "optimizer": optimizer, "lr": lr,
+        "max_physical_batch": max_physical_batch, "per_example": per_example,
+        "optimizer": optimizer, "lr": lr,
         "momentum": momentum, "clip_norm": clip_norm, "clipping": clipping,
         "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
         "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,

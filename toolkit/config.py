@@ -17,6 +17,7 @@ from toolkit import accounting
 from toolkit.activations import ActivationSpec
 from toolkit.clipping import CLIPPING_RULES
 from toolkit.data import DATASETS
+from toolkit.dpsgd import IMPLEMENTATIONS
 from toolkit.errors import ToolkitError
 from toolkit.sampling import SAMPLINGS
 
@@ -32,6 +33,7 @@ class TrainConfig:
     epochs: int = 1
     batch_size: int = 256  # expected logical batch: q = batch_size / N
     max_physical_batch: int = 512  # micro-batch cap; speed and memory only, not privacy
+    per_example: str = "auto"  # per-example gradient path (toolkit.dpsgd.IMPLEMENTATIONS)
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.0  # heavy-ball momentum for sgd; 0 = none
@@ -123,6 +125,11 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(
         cfg.max_physical_batch >= 1, f"max_physical_batch={cfg.max_physical_batch} must be >= 1."
     )  # noqa: E501
+    _require(
+        cfg.per_example in IMPLEMENTATIONS,
+        f"per_example={cfg.per_example!r} is unknown; "
+        f"expected one of {', '.join(IMPLEMENTATIONS)}.",
+    )
     _require(
         cfg.optimizer in OPTIMIZERS,
         f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",

@@ -2,7 +2,8 @@
 
 One logical step, for a sampled batch S and expected batch size B = q N:
 
-    g_i   = grad_theta loss(theta; x_i, y_i)                 (per example, jax.vmap of jax.grad)
+    g_i   = grad_theta loss(theta; x_i, y_i)                 (per example; toolkit.bookkeeping
+                                                              or jax.vmap of jax.grad)
     s     = sum_{i in S} clip(g_i)                           (toolkit.clipping)
     g_hat = (s + N(0, (sigma * Delta)^2 I)) / B              (Delta = C flat, 1 automatic)
     theta <- optimizer(theta, g_hat)                         (any optax transformation)
@@ -25,7 +26,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from toolkit import bookkeeping
 from toolkit import clipping as clip_lib
+
+# How per-example gradients are clipped; all give the same clipped sum to float32 rounding.
+#   bookkeeping: one batched backward pass, per-layer norms (toolkit.bookkeeping)
+#   vmap:        jax.vmap(jax.grad(loss)), the reference; any NNX model
+#   auto:        bookkeeping where the model allows it, otherwise vmap
+IMPLEMENTATIONS = ("auto", "bookkeeping", "vmap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,32 +69,77 @@ def per_example_loss_fn(graphdef: nnx.GraphDef) -> Callable:
     return loss
 
 
-def make_accumulate(graphdef: nnx.GraphDef, mechanism: Mechanism) -> Callable:
-    """Jitted `accumulate(params, acc, images, labels, idx, mask) -> (acc, norms, loss_sum)`.
+def make_accumulate(
+    graphdef: nnx.GraphDef,
+    mechanism: Mechanism,
+    *,
+    implementation: str = "auto",
+    norm_rule: str = "mixed",
+) -> Callable:
+    """Jitted `accumulate(params, acc, images, labels, idx, mask) -> (acc, norms, losses)`.
 
     Gathers the micro-batch `images[idx]` on device, computes per-example
-    gradients, clips them and adds their masked sum to `acc`. Returns the
-    pre-clip per-example norms (for the metrics; padded rows are junk, use
-    `mask`) and the masked sum of per-example losses.
+    gradients (or only their norms, see `IMPLEMENTATIONS`), clips them and adds
+    their masked sum to `acc`. Also returns the pre-clip per-example norms and
+    losses, for the metrics only (padded rows are junk: use `mask`; a non-finite
+    norm means that example's gradient was dropped, see `toolkit.clipping`).
+    `norm_rule` is `toolkit.bookkeeping`'s per-layer choice.
+
+    Inputs sharded over the batch axis (`jax.sharding`) shard the per-example
+    work; the sum comes back replicated.
     """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
     loss = per_example_loss_fn(graphdef)
     value_and_grad = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0, 0))
+    fast = bookkeeping.make_clipped_grad(graphdef, norm_rule=norm_rule)
+
+    def by_vmap(params, x, y, weights_fn):
+        losses, grads = value_and_grad(params, x, y)
+        norms = clip_lib.per_example_norms(grads)
+        return clip_lib.clipped_sum(grads, weights_fn(norms)), norms, losses
 
     @jax.jit
     def accumulate(params, acc, images, labels, idx, mask):
-        losses, grads = value_and_grad(params, images[idx], labels[idx])
-        norms = clip_lib.per_example_norms(grads)
-        factors = clip_lib.clip_factors(
-            norms,
-            clipping=mechanism.clipping,
-            clip_norm=mechanism.clip_norm,
-            gamma=mechanism.gamma,
-        )
-        weights = jnp.where(mask, factors, 0.0)
-        acc = jax.tree.map(jnp.add, acc, clip_lib.clipped_sum(grads, weights))
-        return acc, norms, jnp.sum(jnp.where(mask, losses, 0.0))
+        def weights_fn(norms):
+            factors = clip_lib.clip_factors(
+                norms,
+                clipping=mechanism.clipping,
+                clip_norm=mechanism.clip_norm,
+                gamma=mechanism.gamma,
+            )
+            return jnp.where(mask, factors, 0.0)
+
+        x, y = images[idx], labels[idx]
+        if implementation == "vmap":
+            summed, norms, losses = by_vmap(params, x, y, weights_fn)
+        else:
+            try:  # decided once, while tracing
+                summed, norms, losses = fast(params, x, y, weights_fn)
+            except bookkeeping.Unsupported:
+                if implementation == "bookkeeping":
+                    raise
+                summed, norms, losses = by_vmap(params, x, y, weights_fn)
+        acc = jax.tree.map(jnp.add, acc, summed)
+        return acc, norms, losses
 
     return accumulate
+
+
+def resolve_implementation(
+    graphdef: nnx.GraphDef, params, images: jax.Array, implementation: str = "auto"
+) -> str:
+    """The path `make_accumulate` takes for this model and input: "bookkeeping" or "vmap"."""
+    if implementation != "auto":
+        return implementation
+    fast = bookkeeping.make_clipped_grad(graphdef)
+    x = jax.ShapeDtypeStruct((2, *images.shape[1:]), images.dtype)
+    y = jax.ShapeDtypeStruct((2,), jnp.int32)
+    try:
+        jax.eval_shape(lambda p, x, y: fast(p, x, y, lambda n: n), params, x, y)
+    except bookkeeping.Unsupported:
+        return "vmap"
+    return "bookkeeping"
 
 
 def add_gaussian_noise(tree, key: jax.Array, std: float):

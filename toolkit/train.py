@@ -35,6 +35,7 @@ from toolkit.config import TrainConfig, resolve
 from toolkit.data import Dataset, load_dataset, to_float
 from toolkit.errors import ToolkitError
 from toolkit.models import build_model
+from toolkit.parallel import DataParallel
 from toolkit.sampling import make_sampler, pad_chunks, physical_batch_size
 
 _EVAL_BATCH = 1000
@@ -158,11 +159,18 @@ def _evaluate(run: _Run, params, evaluate, act_norm, test_x, test_y) -> dict[str
 
 
 def _grad_norm_stats(norms: np.ndarray, clip_norm: float) -> dict[str, float]:
+    """Pre-clip norm statistics over the finite norms; non-finite gradients were dropped."""
+    finite = norms[np.isfinite(norms)]
+    stats = {"nonfinite_fraction": float(1.0 - finite.size / max(norms.size, 1))}
+    if finite.size == 0:
+        return {"mean": math.nan, "median": math.nan, "max": math.nan,
+                "fraction_clipped": math.nan, **stats}  # fmt: skip
     return {
-        "mean": float(np.mean(norms)),
-        "median": float(np.median(norms)),
-        "max": float(np.max(norms)),
-        "fraction_clipped": float(np.mean(norms > clip_norm)),
+        "mean": float(np.mean(finite)),
+        "median": float(np.median(finite)),
+        "max": float(np.max(finite)),
+        "fraction_clipped": float(np.mean(finite > clip_norm)),
+        **stats,
     }
 
 
@@ -191,64 +199,77 @@ def _fit(run: _Run, out: Path | None, *, start_epoch: int, history: list, progre
         gamma=cfg.gamma,
         noise_multiplier=cfg.noise_multiplier,
     )
-    accumulate = dpsgd.make_accumulate(run.graphdef, mech)
+    accumulate = dpsgd.make_accumulate(run.graphdef, mech, implementation=cfg.per_example)
     update = dpsgd.make_update(run.optimizer, mech, expected_batch_size=float(cfg.batch_size))
     evaluate, act_norm = _make_eval(run.graphdef)
     sampler = make_sampler(
         cfg.sampling, num_examples=run.num_train, batch_size=cfg.batch_size, seed=cfg.seed
     )
-    physical = physical_batch_size(cfg.batch_size, max_physical=cfg.max_physical_batch)
     train_x = jnp.asarray(to_float(run.data.train_images))
-    train_y = jnp.asarray(run.data.train_labels)
+    per_example = dpsgd.resolve_implementation(run.graphdef, run.params, train_x, cfg.per_example)
+    # All local devices share the per-example work. Not under vmap: XLA 0.10 returns wrong
+    # vmap'd convolution kernel gradients on batch-sharded inputs (benchmarks/README.md).
+    devices = DataParallel() if per_example == "bookkeeping" else DataParallel(jax.devices()[:1])
+    physical = devices.round_up(
+        physical_batch_size(cfg.batch_size, max_physical=cfg.max_physical_batch)
+    )
+    train_x, train_y = devices.replicate((train_x, jnp.asarray(run.data.train_labels)))
     test_x = jnp.asarray(to_float(run.data.test_images))
     test_y = jnp.asarray(run.data.test_labels)
     eps_by_epoch = epsilon_schedule(cfg, num_examples=run.num_train)
     cfg_hash = rundir.config_hash(cfg)
     spe = run.steps_per_epoch
-    params, opt_state = run.params, run.opt_state
+    params, opt_state = devices.replicate((run.params, run.opt_state))
     zeros = dpsgd.zeros_like(params)
 
     with _progress(progress, cfg.epochs * spe, start_epoch * spe) as (bar, task):
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            norms, masks, loss_sums, sizes = [], [], [], []
+            norms, masks, losses, sizes = [], [], [], []
             for step in range(epoch * spe, (epoch + 1) * spe):
                 idx = sampler.indices(step)
                 acc = zeros
                 for chunk_idx, chunk_mask in pad_chunks(idx, physical):
-                    acc, n, loss_sum = accumulate(
-                        params, acc, train_x, train_y, chunk_idx, chunk_mask
-                    )
+                    chunk = devices.shard_batch((chunk_idx, chunk_mask))
+                    acc, n, loss = accumulate(params, acc, train_x, train_y, *chunk)
                     norms.append(n)
                     masks.append(chunk_mask)
-                    loss_sums.append(loss_sum)
+                    losses.append(loss)
                 sizes.append(len(idx))
                 params, opt_state = update(
                     params, opt_state, acc, jax.random.fold_in(run.key, step)
                 )
                 if bar is not None:
                     bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs}")
-            all_norms = np.concatenate([np.asarray(n) for n in norms])[np.concatenate(masks)]
-            train_loss = float(np.sum([np.asarray(s) for s in loss_sums]) / max(sum(sizes), 1))
-            finite = math.isfinite(train_loss) and all(
+            sampled = np.concatenate(masks)
+            all_norms = np.concatenate([np.asarray(n) for n in norms])[sampled]
+            all_losses = np.concatenate([np.asarray(v) for v in losses])[sampled]
+            # Single examples with a non-finite loss or gradient are dropped by the clipping
+            # rule and left out of the mean loss; the run has diverged only when the
+            # parameters stop being finite or no example of the epoch is finite any more.
+            finite_losses = all_losses[np.isfinite(all_losses)]
+            train_loss = float(np.mean(finite_losses)) if finite_losses.size else math.nan
+            finite = (finite_losses.size > 0 or all_losses.size == 0) and all(
                 bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params)
             )
             if not finite:
                 kept = f"; the checkpoint of epoch {epoch} is kept in {out}" if out else ""
                 raise TrainingDiverged(
-                    f"training diverged in epoch {epoch + 1}: train loss {train_loss} is not "
-                    f"finite (lr={cfg.lr} may be too large){kept}."
+                    f"training diverged in epoch {epoch + 1}: the parameters or the train loss "
+                    f"of every example are not finite (lr={cfg.lr} may be too large){kept}."
                 )
             record = {
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * spe,
                 "train_loss": train_loss,
+                "nonfinite_loss_fraction": 1.0 - finite_losses.size / max(all_losses.size, 1),
                 **_evaluate(run, params, evaluate, act_norm, test_x, test_y),
                 "epsilon": eps_by_epoch[epoch],
                 "accountant": cfg.accountant,
                 "sampling": cfg.sampling,
                 "privacy": privacy_label(cfg),
                 "grad_norm": _grad_norm_stats(all_norms, cfg.clip_norm),
+                "per_example_grads": per_example,
                 "batch_size_mean": float(np.mean(sizes)),
                 "epoch_time_s": time.perf_counter() - t0,
             }
@@ -280,6 +301,7 @@ def _summary(cfg: TrainConfig, history: list[dict[str, Any]], num_train: int) ->
             "sampling": cfg.sampling,
             "privacy": privacy_label(cfg),
             "train_time_s": sum(r["epoch_time_s"] for r in history),
+            "per_example_grads": last.get("per_example_grads"),
         }
     )
 

@@ -1,0 +1,222 @@
+"""Book-keeping clipping (toolkit.bookkeeping) equals the jax.vmap reference, row for row.
+
+Tolerances. Both paths compute the same float32 quantities in different
+summation orders, so they agree to a few ulps times the number of terms; the
+bounds below leave a margin over the observed errors (~1e-7 relative) without
+hiding a real mistake (a wrong or missing term moves a result by > 1e-2).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from toolkit import bookkeeping, clipping, dpsgd
+from toolkit.activations import ActivationSpec
+from toolkit.models import build_model
+
+F32_EPS = float(np.finfo(np.float32).eps)
+NORM_RTOL = 64 * F32_EPS  # norms: ~1e3-term sums of squares, reordered
+SUM_RTOL = 256 * F32_EPS  # clipped sums: B-term sums of ~1e2-term contractions, reordered
+
+
+class _Zoo(nnx.Module):
+    """Every code path: stride 1 (flat shifts), dilation, stride 2 (space-to-depth), stride and
+    dilation together (patches), no bias, and a Linear applied per position (Gram norms)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.same = nnx.Conv(2, 4, (3, 3), padding="SAME", rngs=rngs)
+        self.dilated = nnx.Conv(4, 4, (3, 3), kernel_dilation=2, use_bias=False, rngs=rngs)
+        self.strided = nnx.Conv(4, 6, (3, 3), strides=2, padding="VALID", rngs=rngs)
+        self.both = nnx.Conv(6, 6, (2, 2), strides=2, kernel_dilation=2, rngs=rngs)
+        self.seq = nnx.Linear(6, 5, rngs=rngs)  # applied per position: (B, 4, 6)
+        self.head = nnx.Linear(4 * 5, 10, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.tanh(self.dilated(jnp.tanh(self.same(x))))  # (B, 9, 9, 4)
+        x = jnp.tanh(self.both(jnp.tanh(self.strided(x))))  # (B, 4, 4, 6) -> (B, 2, 2, 6)
+        x = jnp.tanh(self.seq(x.reshape(x.shape[0], -1, x.shape[-1])))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+class _FreeScale(nnx.Module):
+    """A parameter outside any Linear/Conv: the book-keeping path must refuse it."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(4, 3, rngs=rngs)
+        self.scale = nnx.Param(jnp.ones(()))
+
+    def __call__(self, x):
+        return self.scale * self.fc(x)
+
+
+class _Twice(nnx.Module):
+    """A layer applied twice (weight sharing): per-layer norms would be wrong, so refuse."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(3, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(jnp.tanh(self.fc(x)))
+
+
+def _hostile_batch(shape, n, *, seed):
+    """Row 0 huge (gradient norm >> C), row 1 NaN, row 2 masked out, the rest ordinary."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *shape)).astype(np.float32)
+    x[0] *= 1e4
+    x[1] = np.nan
+    mask = np.ones(n, bool)
+    mask[2] = False
+    return jnp.asarray(x), jnp.asarray(rng.integers(0, 10, n)), jnp.asarray(mask)
+
+
+def _reference(graphdef, params, x, y, mask, *, rule, clip_norm):
+    loss = dpsgd.per_example_loss_fn(graphdef)
+    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, x, y)
+    norms = clipping.per_example_norms(grads)
+    factors = clipping.clip_factors(norms, clipping=rule, clip_norm=clip_norm)
+    return clipping.clipped_sum(grads, jnp.where(mask, factors, 0.0)), norms
+
+
+def _fast(graphdef, params, x, y, mask, *, rule, clip_norm, norm_rule):
+    fn = bookkeeping.make_clipped_grad(graphdef, norm_rule=norm_rule)
+
+    def weights(norms):
+        factors = clipping.clip_factors(norms, clipping=rule, clip_norm=clip_norm)
+        return jnp.where(mask, factors, 0.0)
+
+    return fn(params, x, y, weights)
+
+
+def _assert_same(fast_sum, fast_norms, ref_sum, ref_norms):
+    np.testing.assert_allclose(fast_norms, ref_norms, rtol=NORM_RTOL)  # NaN rows match NaN
+    for a, b in zip(jax.tree.leaves(fast_sum), jax.tree.leaves(ref_sum), strict=True):
+        assert np.all(np.isfinite(a))
+        scale = float(np.max(np.abs(b))) or 1.0
+        np.testing.assert_allclose(a, b, rtol=SUM_RTOL, atol=SUM_RTOL * scale)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return nnx.split(_Zoo(nnx.Rngs(0)), nnx.Param)
+
+
+@pytest.mark.parametrize(
+    "norm_rule, rule",
+    [(r, "flat") for r in bookkeeping.NORM_RULES] + [("mixed", "automatic")],
+)
+def test_bookkeeping_equals_vmap_on_every_layer_kind(zoo, norm_rule, rule):
+    clip_norm = 0.05  # far below the ordinary rows' norms (~1): every row is clipped
+    graphdef, params = zoo
+    x, y, mask = _hostile_batch((9, 9, 2), 6, seed=1)
+    ref_sum, ref_norms = jax.jit(
+        _reference, static_argnums=0, static_argnames=("rule", "clip_norm")
+    )(graphdef, params, x, y, mask, rule=rule, clip_norm=clip_norm)
+    fast = jax.jit(_fast, static_argnums=0, static_argnames=("rule", "clip_norm", "norm_rule"))
+    fast_sum, fast_norms, _ = fast(
+        graphdef, params, x, y, mask, rule=rule, clip_norm=clip_norm, norm_rule=norm_rule
+    )
+    assert float(np.nanmin(ref_norms)) > clip_norm and math.isnan(float(ref_norms[1]))
+    _assert_same(fast_sum, fast_norms, ref_sum, ref_norms)
+
+
+class _Mlp(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(6, 5, rngs=rngs)
+        self.fc2 = nnx.Linear(5, 10, use_bias=False, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(jnp.tanh(self.fc1(x)))
+
+
+def test_bookkeeping_jit_and_eager_agree():
+    graphdef, params = nnx.split(_Mlp(nnx.Rngs(0)), nnx.Param)
+    x, y, mask = _hostile_batch((6,), 4, seed=2)
+    kw = dict(rule="flat", clip_norm=0.05, norm_rule="mixed")
+    eager = _fast(graphdef, params, x, y, mask, **kw)
+    jitted = jax.jit(lambda p: _fast(graphdef, p, x, y, mask, **kw))(params)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_allclose(a, b, rtol=SUM_RTOL, atol=1e-9)
+
+
+def test_accumulate_bookkeeping_equals_vmap_on_mnist_cnn():
+    """The paper's CNN (stride-2 convs, one input channel, max pools) through make_accumulate."""
+    graphdef, params = nnx.split(build_model("mnist", ActivationSpec("tanh"), seed=0), nnx.Param)
+    x, y, mask = _hostile_batch((28, 28, 1), 8, seed=3)
+    idx = jnp.arange(8, dtype=jnp.int32)
+    mech = dpsgd.Mechanism(clipping="flat", clip_norm=0.1)
+    zeros = dpsgd.zeros_like(params)
+    out = {
+        impl: dpsgd.make_accumulate(graphdef, mech, implementation=impl)(
+            params, zeros, x, y, idx, mask
+        )
+        for impl in ("bookkeeping", "vmap")
+    }
+    (fast_sum, fast_norms, fast_loss), (ref_sum, ref_norms, ref_loss) = out.values()
+    _assert_same(fast_sum, fast_norms, ref_sum, ref_norms)
+    # Per-example losses: the same forward pass, so equal where finite, NaN where NaN.
+    np.testing.assert_allclose(fast_loss, ref_loss, rtol=NORM_RTOL, equal_nan=True)
+    assert np.isnan(np.asarray(fast_loss)).any()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_auto_resolves_to_bookkeeping_for_the_paper_cnns(dataset):
+    graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)
+    shape = (1, 28, 28, 1) if dataset == "mnist" else (1, 32, 32, 3)
+    x = jnp.zeros(shape, jnp.float32)
+    assert dpsgd.resolve_implementation(graphdef, params, x) == "bookkeeping"
+    assert dpsgd.resolve_implementation(graphdef, params, x, "vmap") == "vmap"
+
+
+def test_auto_resolves_to_vmap_for_unsupported_models():
+    graphdef, params = nnx.split(_FreeScale(nnx.Rngs(0)), nnx.Param)
+    assert dpsgd.resolve_implementation(graphdef, params, jnp.zeros((3, 4))) == "vmap"
+
+
+def test_microbatched_bookkeeping_equals_one_batch():
+    graphdef, params = nnx.split(_Zoo(nnx.Rngs(1)), nnx.Param)
+    x, y, mask = _hostile_batch((9, 9, 2), 12, seed=4)
+    acc = dpsgd.make_accumulate(
+        graphdef, dpsgd.Mechanism(clip_norm=0.05), implementation="bookkeeping"
+    )
+    zeros = dpsgd.zeros_like(params)
+    whole, _, _ = acc(params, zeros, x, y, jnp.arange(12, dtype=jnp.int32), mask)
+    parts = zeros
+    for start in (0, 4, 8):
+        idx = jnp.arange(start, start + 4, dtype=jnp.int32)
+        parts, _, _ = acc(params, parts, x, y, idx, mask[start : start + 4])
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts), strict=True):
+        np.testing.assert_allclose(a, b, rtol=SUM_RTOL, atol=SUM_RTOL * float(np.max(np.abs(b))))
+
+
+@pytest.mark.parametrize("module", [_FreeScale, _Twice])
+def test_unsupported_models_raise_or_fall_back_to_vmap(module):
+    graphdef, params = nnx.split(module(nnx.Rngs(0)), nnx.Param)
+    n_in = 4 if module is _FreeScale else 3
+    x = jnp.asarray(np.random.default_rng(5).random((5, n_in)), jnp.float32)
+    y = jnp.asarray([0, 1, 2, 0, 1])
+    idx, mask = jnp.arange(5, dtype=jnp.int32), jnp.ones(5, bool)
+    mech = dpsgd.Mechanism(clip_norm=0.5)
+    zeros = dpsgd.zeros_like(params)
+    with pytest.raises(bookkeeping.Unsupported):
+        dpsgd.make_accumulate(graphdef, mech, implementation="bookkeeping")(
+            params, zeros, x, y, idx, mask
+        )
+    auto, _, _ = dpsgd.make_accumulate(graphdef, mech)(params, zeros, x, y, idx, mask)
+    ref, _, _ = dpsgd.make_accumulate(graphdef, mech, implementation="vmap")(
+        params, zeros, x, y, idx, mask
+    )
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments_name_the_value():
+    graphdef, _ = nnx.split(_Twice(nnx.Rngs(0)), nnx.Param)
+    with pytest.raises(ValueError, match="implementation='fast'"):
+        dpsgd.make_accumulate(graphdef, dpsgd.Mechanism(), implementation="fast")
+    with pytest.raises(ValueError, match="norm_rule='cheap'"):
+        bookkeeping.make_clipped_grad(graphdef, norm_rule="cheap")
