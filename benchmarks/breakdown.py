@@ -44,7 +44,9 @@ def _functions(dataset: str, batch: int):
     def weights(norms):
         return clipping.clip_factors(norms, clipping="flat", clip_norm=0.1, gamma=0.01)
 
-    def plain(p):
+    # Every function takes the batch as an argument: closed-over arrays would be
+    # compile-time constants, and XLA would fold input-only work (patch Grams) away.
+    def plain(p, x, y):
         def loss(p):
             logits = nnx.merge(graphdef, p)(x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
@@ -55,16 +57,16 @@ def _functions(dataset: str, batch: int):
         logits = nnx.merge(graphdef, p)(xi[None])
         return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
 
-    def by_vmap(p):
+    def by_vmap(p, x, y):
         grads = jax.vmap(jax.grad(per_example_loss), in_axes=(None, 0, 0))(p, x, y)
         return clipping.clipped_sum(grads, weights(clipping.per_example_norms(grads)))
 
     fns = {"non-private grad": plain}
     for rule in bookkeeping.NORM_RULES:
         fast = bookkeeping.make_clipped_grad(graphdef, norm_rule=rule)
-        fns[f"bookkeeping {rule}"] = lambda p, fast=fast: fast(p, x, y, weights)[0]
+        fns[f"bookkeeping {rule}"] = lambda p, x, y, fast=fast: fast(p, x, y, weights)[0]
     fns["vmap"] = by_vmap
-    return params, fns
+    return (params, x, y), fns
 
 
 def _layers(dataset: str) -> list[tuple[str, int, int, int, bool]]:
@@ -86,7 +88,7 @@ def _layers(dataset: str) -> list[tuple[str, int, int, int, bool]]:
         hook = "dot_general" if isinstance(module, nnx.Linear) else "conv_general_dilated"
         original = getattr(module, hook)
 
-        def tapped(*a, _orig=original, _path=path, _kernel=module.kernel.value.shape, **k):
+        def tapped(*a, _orig=original, _path=path, _kernel=module.kernel.get_value().shape, **k):
             out = _orig(*a, **k)
             t = out.size // (out.shape[0] * out.shape[-1])
             kk = 1
@@ -103,10 +105,10 @@ def _layers(dataset: str) -> list[tuple[str, int, int, int, bool]]:
     return rows
 
 
-def _cost(fn, params) -> tuple[float, float]:
+def _cost(fn, args) -> tuple[float, float]:
     import jax
 
-    analysis = jax.jit(fn).lower(params).compile().cost_analysis()
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0]
     return float(analysis.get("flops", float("nan"))), float(
@@ -114,19 +116,19 @@ def _cost(fn, params) -> tuple[float, float]:
     )
 
 
-def _times(fns, params, rounds: int, per_round: int) -> dict[str, float]:
+def _times(fns, args, rounds: int, per_round: int) -> dict[str, float]:
     import jax
 
     jitted = {name: jax.jit(fn) for name, fn in fns.items()}
     for f in jitted.values():  # compile and warm up
-        jax.block_until_ready(f(params))
-        jax.block_until_ready(f(params))
+        jax.block_until_ready(f(*args))
+        jax.block_until_ready(f(*args))
     samples = {name: [] for name in fns}
     for _ in range(rounds):  # interleaved: load on a shared machine hits all alike
         for name, f in jitted.items():
             t0 = time.perf_counter()
             for _ in range(per_round):
-                jax.block_until_ready(f(params))
+                jax.block_until_ready(f(*args))
             samples[name].append((time.perf_counter() - t0) / per_round)
     return {name: statistics.median(v) for name, v in samples.items()}
 
@@ -149,10 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         "",
     ]
     for dataset, batch in CASES:
-        params, fns = _functions(dataset, batch)
-        costs = {name: _cost(fn, params) for name, fn in fns.items()}
+        args_, fns = _functions(dataset, batch)
+        costs = {name: _cost(fn, args_) for name, fn in fns.items()}
         per_round = 5 if dataset == "mnist" else 2
-        times = _times(fns, params, args.rounds, per_round)
+        times = _times(fns, args_, args.rounds, per_round)
         f0, b0 = costs["non-private grad"]
         t0 = times["non-private grad"]
         lines += [

@@ -16,10 +16,15 @@ from flax import nnx
 
 from toolkit import bookkeeping, clipping, dpsgd
 from toolkit.activations import ActivationSpec
+from toolkit.errors import ToolkitError
 from toolkit.models import build_model
 
 F32_EPS = float(np.finfo(np.float32).eps)
 NORM_RTOL = 64 * F32_EPS  # norms: ~1e3-term sums of squares, reordered
+# Ghost norms are rigorous upper bounds: bookkeeping adds a worst-case rounding slack
+# of (K + O + 2T + 3) eps S^2 (S = sum_t ||a_t|| ||d_t||). On the paper's CNNs it
+# raised norms by at most 2e-4 (relative); 1e-3 still catches a wrong or missing term.
+GHOST_RTOL = 1e-3
 SUM_RTOL = 256 * F32_EPS  # clipped sums: B-term sums of ~1e2-term contractions, reordered
 
 
@@ -92,12 +97,19 @@ def _fast(graphdef, params, x, y, mask, *, rule, clip_norm, norm_rule):
     return fn(params, x, y, weights)
 
 
-def _assert_same(fast_sum, fast_norms, ref_sum, ref_norms):
-    np.testing.assert_allclose(fast_norms, ref_norms, rtol=NORM_RTOL)  # NaN rows match NaN
+def _assert_same(fast_sum, fast_norms, ref_sum, ref_norms, *, ghost: bool = True):
+    """Equal to rounding; with ghost layers, norms may exceed the reference by GHOST_RTOL."""
+    fast_norms, ref_norms = np.asarray(fast_norms), np.asarray(ref_norms)
+    np.testing.assert_array_equal(np.isnan(fast_norms), np.isnan(ref_norms))
+    ok = ~np.isnan(ref_norms)
+    ratio = fast_norms[ok] / ref_norms[ok]
+    upper = 1 + (GHOST_RTOL if ghost else NORM_RTOL)
+    assert np.all(ratio >= 1 - NORM_RTOL) and np.all(ratio <= upper), ratio  # upper bounds
+    tol = SUM_RTOL + (GHOST_RTOL if ghost else 0.0)  # clip factors move with the norms
     for a, b in zip(jax.tree.leaves(fast_sum), jax.tree.leaves(ref_sum), strict=True):
         assert np.all(np.isfinite(a))
         scale = float(np.max(np.abs(b))) or 1.0
-        np.testing.assert_allclose(a, b, rtol=SUM_RTOL, atol=SUM_RTOL * scale)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +133,7 @@ def test_bookkeeping_equals_vmap_on_every_layer_kind(zoo, norm_rule, rule):
         graphdef, params, x, y, mask, rule=rule, clip_norm=clip_norm, norm_rule=norm_rule
     )
     assert float(np.nanmin(ref_norms)) > clip_norm and math.isnan(float(ref_norms[1]))
-    _assert_same(fast_sum, fast_norms, ref_sum, ref_norms)
+    _assert_same(fast_sum, fast_norms, ref_sum, ref_norms, ghost=norm_rule != "materialise")
 
 
 class _Mlp(nnx.Module):
@@ -166,15 +178,44 @@ def test_accumulate_bookkeeping_equals_vmap_on_mnist_cnn():
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_auto_resolves_to_bookkeeping_for_the_paper_cnns(dataset):
     graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)
-    shape = (1, 28, 28, 1) if dataset == "mnist" else (1, 32, 32, 3)
-    x = jnp.zeros(shape, jnp.float32)
-    assert dpsgd.resolve_implementation(graphdef, params, x) == "bookkeeping"
-    assert dpsgd.resolve_implementation(graphdef, params, x, "vmap") == "vmap"
+    shape = (3, 28, 28, 1) if dataset == "mnist" else (3, 32, 32, 3)
+    x = jnp.asarray(np.random.default_rng(0).random(shape), jnp.float32)
+    y = jnp.asarray([0, 1, 2])
+    assert dpsgd.resolve_implementation(graphdef, params, x, y, "auto") == "bookkeeping"
+    assert dpsgd.resolve_implementation(graphdef, params, x, y, "vmap") == "vmap"
 
 
-def test_auto_resolves_to_vmap_for_unsupported_models():
-    graphdef, params = nnx.split(_FreeScale(nnx.Rngs(0)), nnx.Param)
-    assert dpsgd.resolve_implementation(graphdef, params, jnp.zeros((3, 4))) == "vmap"
+class _BatchMixing(nnx.Module):
+    """Centres activations over the batch: examples interact, which no trace check sees."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(4, 5, rngs=rngs)
+        self.fc2 = nnx.Linear(5, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.fc1(x))
+        return self.fc2(h - h.mean(axis=0))
+
+
+class _TiedKernel(nnx.Module):
+    """fc's kernel is also used outside fc (weight tying), invisible to the layer taps."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.fc(x))
+        return h @ self.fc.kernel[...].T
+
+
+@pytest.mark.parametrize("module", [_FreeScale, _BatchMixing, _TiedKernel])
+def test_auto_resolves_to_vmap_and_bookkeeping_refuses_models_it_cannot_serve(module):
+    graphdef, params = nnx.split(module(nnx.Rngs(0)), nnx.Param)
+    x = jnp.asarray(np.random.default_rng(1).random((5, 4)), jnp.float32)
+    y = jnp.asarray([0, 1, 2, 0, 1])
+    assert dpsgd.resolve_implementation(graphdef, params, x, y, "auto") == "vmap"
+    with pytest.raises(ToolkitError, match="per_example='bookkeeping'"):
+        dpsgd.resolve_implementation(graphdef, params, x, y, "bookkeeping")
 
 
 def test_microbatched_bookkeeping_equals_one_batch():
@@ -220,3 +261,42 @@ def test_bad_arguments_name_the_value():
         dpsgd.make_accumulate(graphdef, dpsgd.Mechanism(), implementation="fast")
     with pytest.raises(ValueError, match="norm_rule='cheap'"):
         bookkeeping.make_clipped_grad(graphdef, norm_rule="cheap")
+
+
+class _Cancelling(nnx.Module):
+    """A per-position Linear (T = 2) whose two positions' gradients almost cancel."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.seq = nnx.Linear(3, 3, use_bias=False, rngs=rngs)
+        self.head = nnx.Linear(6, 2, use_bias=False, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.seq(x)
+        return self.head(h.reshape(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("norm_rule", bookkeeping.NORM_RULES)
+@pytest.mark.parametrize("delta", [2.0**-20, 2.0**-19])
+def test_cancelling_gradients_are_never_under_clipped(norm_rule, delta):
+    """Ghost norms sum <a_t, a_s><d_t, d_s> terms of both signs. Here the two positions'
+    terms are ~1e13 and cancel down to ||G||^2 ~ 1-4: float32 rounding alone once gave a
+    norm of 1e-6 and a contribution of 40 C. Every rule must keep the contribution <= C."""
+    model = _Cancelling(nnx.Rngs(0))
+    model.seq.kernel.set_value(jnp.eye(3) * 1e-6)
+    u = np.array([1.0, 0.0, 0.0])
+    w = np.zeros((6, 2), np.float32)
+    w[:3, 0], w[3:, 0] = 2.0**21 * u, -(1 - delta) * 2.0**21 * u
+    model.head.kernel.set_value(jnp.asarray(w))
+    graphdef, params = nnx.split(model, nnx.Param)
+    x = jnp.asarray([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]], jnp.float32)
+    y, mask = jnp.asarray([1]), jnp.ones(1, bool)
+    summed, norms, _ = _fast(
+        graphdef, params, x, y, mask, rule="flat", clip_norm=0.1, norm_rule=norm_rule
+    )
+    _, ref_norms = _reference(graphdef, params, x, y, mask, rule="flat", clip_norm=0.1)
+    assert float(ref_norms[0]) > 0.1  # the exact gradient is large: clipping must bind
+    assert float(norms[0]) >= float(ref_norms[0]) * (1 - NORM_RTOL)  # never an under-estimate
+    contribution = math.sqrt(
+        sum(float(np.sum(np.square(np.asarray(v, np.float64)))) for v in jax.tree.leaves(summed))
+    )
+    assert contribution <= 0.1 * (1 + NORM_RTOL)

@@ -257,11 +257,14 @@ def train_with_canaries(
         clipping=cfg.clipping, clip_norm=cfg.clip_norm, gamma=cfg.gamma,
         noise_multiplier=cfg.noise_multiplier,
     )  # fmt: skip
-    accumulate = dpsgd.make_accumulate(run.graphdef, mech, implementation=cfg.per_example)
+    train_x, train_y = jnp.asarray(to_float(images)), jnp.asarray(labels)
+    per_example = dpsgd.resolve_implementation(
+        run.graphdef, run.params, train_x, train_y, cfg.per_example
+    )
+    accumulate = dpsgd.make_accumulate(run.graphdef, mech, implementation=per_example)
     update = dpsgd.make_update(run.optimizer, mech, expected_batch_size=float(cfg.batch_size))
     sampler = make_sampler(cfg.sampling, num_examples=n, batch_size=cfg.batch_size, seed=cfg.seed)
     physical = physical_batch_size(cfg.batch_size, max_physical=cfg.max_physical_batch)
-    train_x, train_y = jnp.asarray(to_float(images)), jnp.asarray(labels)
     steps = cfg.epochs * (n // cfg.batch_size)
     params, opt_state, zeros = run.params, run.opt_state, dpsgd.zeros_like(run.params)
     with train_lib._progress(progress, steps, 0) as (bar, task):

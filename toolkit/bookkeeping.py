@@ -35,6 +35,13 @@ and no kernel mask. The example axis must stay leading and unmixed inside the mo
 (true of any model that maps examples independently); this cannot be checked here,
 and tests compare against `jax.vmap(jax.grad(...))`.
 
+Ghost norms are upper bounds: each carries its worst-case float rounding (see
+`_ghost_sq_norms`), since terms of both signs can cancel. Not handled: layers inside
+`nnx.remat` / `nnx.scan` (they fail while tracing, use vmap), and a layer created with
+an explicit `precision=` keeps it in its ghost-sum contraction while norms run at
+"highest". `toolkit.dpsgd.resolve_implementation` checks a model against vmap on real
+examples before training.
+
 References:
   Bu, Mao, Xu (2022), "Scalable and Efficient Training of Large Convolutional Neural
     Networks with Differential Privacy" (mixed ghost clipping), NeurIPS.
@@ -245,17 +252,34 @@ def _use_ghost(rule: str, t: int, k: int, o: int) -> bool:
 
 
 def _ghost_sq_norms(call: _Call, a: jax.Array, d: jax.Array, kernel_shape) -> jax.Array:
-    """||G_i||^2 of every example's kernel gradient from Gram matrices, without G_i."""
+    """An upper bound on ||G_i||^2, from Gram matrices, without G_i.
+
+    sum_ts <a_t, a_s> <d_t, d_s> has terms of both signs, so when they cancel its
+    float rounding can dwarf the result (a norm of 1e-6 for a gradient of norm 4).
+    The rounding of the two Gram entries (K and O terms) and of the two-stage sum
+    over s, then t (T terms each) is at most (K + O + 2T + 3) eps S^2 with
+    S = sum_t ||a_t|| ||d_t|| (Cauchy-Schwarz on every term; Higham's gamma_n), so
+    that is added: the clip factor then never exceeds C / ||exact G_i||. Without
+    cancellation S^2 is about T ||G_i||^2 and the slack ~1e-4 of it or less.
+    """
     if call.kind == "conv":
         p = _patches(a, kernel_shape, call.conv_args)
         gram_a = jnp.einsum("bktc,bksc->bts", p, p)
+        norms_a = jnp.sqrt(jnp.sum(jnp.square(p), axis=(1, 3)))
         d = d.reshape(d.shape[0], -1, d.shape[-1])
     else:
         a, d = _rows(a, d)
-        if a.shape[1] == 1:  # one position: ||a d^T||^2 = ||a||^2 ||d||^2
+        if a.shape[1] == 1:  # one position: ||a d^T||^2 = ||a||^2 ||d||^2, no cancellation
             return jnp.sum(jnp.square(a[:, 0]), -1) * jnp.sum(jnp.square(d[:, 0]), -1)
         gram_a = jnp.einsum("btk,bsk->bts", a, a)
-    return jnp.sum(gram_a * jnp.einsum("bto,bso->bts", d, d), axis=(1, 2))
+        norms_a = jnp.sqrt(jnp.sum(jnp.square(a), axis=-1))
+    t, k, o = gram_a.shape[1], math.prod(kernel_shape[:-1]), kernel_shape[-1]
+    # Two reductions of T terms, kept apart so that XLA cannot merge them into one of T^2.
+    rows = lax.optimization_barrier(jnp.sum(gram_a * jnp.einsum("bto,bso->bts", d, d), axis=2))
+    s = jnp.sum(norms_a * jnp.sqrt(jnp.sum(jnp.square(d), axis=-1)), axis=1)
+    eps = float(jnp.finfo(jnp.result_type(a.dtype, jnp.float32)).eps)
+    slack = 1.01 * (k + o + 2 * t + 3) * eps * jnp.square(s)  # 1.01: gamma_n and S's own rounding
+    return jnp.maximum(jnp.sum(rows, axis=1), 0.0) + slack
 
 
 def _conv_grads_strided(x: jax.Array, d: jax.Array, kernel_shape, args) -> jax.Array:

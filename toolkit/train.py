@@ -199,14 +199,16 @@ def _fit(run: _Run, out: Path | None, *, start_epoch: int, history: list, progre
         gamma=cfg.gamma,
         noise_multiplier=cfg.noise_multiplier,
     )
-    accumulate = dpsgd.make_accumulate(run.graphdef, mech, implementation=cfg.per_example)
     update = dpsgd.make_update(run.optimizer, mech, expected_batch_size=float(cfg.batch_size))
     evaluate, act_norm = _make_eval(run.graphdef)
     sampler = make_sampler(
         cfg.sampling, num_examples=run.num_train, batch_size=cfg.batch_size, seed=cfg.seed
     )
     train_x = jnp.asarray(to_float(run.data.train_images))
-    per_example = dpsgd.resolve_implementation(run.graphdef, run.params, train_x, cfg.per_example)
+    per_example = dpsgd.resolve_implementation(
+        run.graphdef, run.params, train_x, jnp.asarray(run.data.train_labels), cfg.per_example
+    )
+    accumulate = dpsgd.make_accumulate(run.graphdef, mech, implementation=per_example)
     # All local devices share the per-example work. Not under vmap: XLA 0.10 returns wrong
     # vmap'd convolution kernel gradients on batch-sharded inputs (benchmarks/README.md).
     devices = DataParallel() if per_example == "bookkeeping" else DataParallel(jax.devices()[:1])
