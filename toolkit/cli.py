@@ -187,7 +187,7 @@ def account(
 @app.command()
 @one_line_errors
 def sweep(
-    spec: Path = typer.Argument(..., help="Sweep file (TOML: [base] and [grid])."),
+    spec: Path = typer.Argument(..., help="Sweep file (TOML: \\[base] and \\[grid] tables)."),
     root: Path = typer.Option(..., help="Directory that holds one run directory per grid point."),
     executor: str = typer.Option("local", help="local (process pool) or ray."),
     workers: int = typer.Option(1, help="Local processes; each run uses all cores it is given."),
