@@ -71,6 +71,11 @@ def per_example_loss_fn(graphdef: nnx.GraphDef) -> Callable:
     return loss
 
 
+def per_example_grads_fn(graphdef: nnx.GraphDef) -> Callable:
+    """`(params, x, y) -> (losses, grads)` per example, by jax.vmap: the reference path."""
+    return jax.vmap(jax.value_and_grad(per_example_loss_fn(graphdef)), in_axes=(None, 0, 0))
+
+
 def make_accumulate(
     graphdef: nnx.GraphDef,
     mechanism: Mechanism,
@@ -92,8 +97,7 @@ def make_accumulate(
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
-    loss = per_example_loss_fn(graphdef)
-    value_and_grad = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0, 0))
+    value_and_grad = per_example_grads_fn(graphdef)
     fast = bookkeeping.make_clipped_grad(graphdef, norm_rule=norm_rule)
 
     def by_vmap(params, x, y, weights_fn):
@@ -149,8 +153,7 @@ def resolve_implementation(
         if implementation == "bookkeeping":
             raise ToolkitError(f"per_example='bookkeeping' cannot run this model: {e}") from None
         return "vmap"
-    loss = per_example_loss_fn(graphdef)
-    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(params, x, y)
+    _, grads = jax.jit(per_example_grads_fn(graphdef))(params, x, y)
     ref = np.asarray(clip_lib.per_example_norms(grads))
     norms = np.asarray(norms)
     # Equal to rounding, plus the ghost norms' rounding slack (<= 2e-4 on the paper's CNNs).
