@@ -85,12 +85,14 @@ def jax_steps(dataset: str, batch: int) -> tuple[dict[str, Callable[[], object]]
         mech = dpsgd.Mechanism(
             clipping=clipping, clip_norm=CLIP_NORM, noise_multiplier=NOISE_MULTIPLIER
         )
+        # The functions toolkit.loop runs: accumulate, then the privatized optimizer.
         acc = dpsgd.make_accumulate(graphdef, mech, implementation=impl)
-        update = dpsgd.make_update(opt, mech, expected_batch_size=float(batch))
+        tx = mech.privatized(opt, expected_batch_size=float(batch), key=key)
+        update, tx_state = dpsgd.make_update(tx), tx.init(params)
 
-        def dp_step(acc=acc, update=update):
+        def dp_step(acc=acc, update=update, tx_state=tx_state):
             summed, _, _ = acc(params, zeros, images, labels, idx, mask)
-            return update(params, opt_state, summed, key)
+            return update(params, tx_state, summed)
 
         steps[f"toolkit DP {impl}, {clipping}"] = dp_step
 
@@ -101,7 +103,8 @@ def jax_steps(dataset: str, batch: int) -> tuple[dict[str, Callable[[], object]]
         notes.append(f"jax_privacy skipped: {e}")
     else:
         mech = dpsgd.Mechanism(clip_norm=CLIP_NORM, noise_multiplier=NOISE_MULTIPLIER)
-        update = dpsgd.make_update(opt, mech, expected_batch_size=float(batch))
+        tx = mech.privatized(opt, expected_batch_size=float(batch), key=key)
+        update, tx_state = dpsgd.make_update(tx), tx.init(params)
 
         def batch_loss(p, x, y):  # one example, kept with a batch axis of 1
             logits = nnx.merge(graphdef, p)(x)
@@ -112,7 +115,7 @@ def jax_steps(dataset: str, batch: int) -> tuple[dict[str, Callable[[], object]]
         )
 
         def jp_step():
-            return update(params, opt_state, clipped(params, images, labels), key)
+            return update(params, tx_state, clipped(params, images, labels))
 
         steps["jax_privacy clipped_grad, flat"] = jp_step
     return steps, notes
@@ -218,7 +221,8 @@ def memory_worker(args) -> None:
     mech = dpsgd.Mechanism(clip_norm=CLIP_NORM, noise_multiplier=NOISE_MULTIPLIER)
     acc_fn = dpsgd.make_accumulate(graphdef, mech, implementation=impl)
     opt = optax.sgd(LR)
-    update = dpsgd.make_update(opt, mech, expected_batch_size=float(logical))
+    tx = mech.privatized(opt, expected_batch_size=float(logical), key=jax.random.key(0))
+    update = dpsgd.make_update(tx)
     zeros = dpsgd.zeros_like(params)
 
     def xla_bytes(m: int) -> dict[str, int]:  # compile only: what one accumulate call needs
@@ -233,7 +237,7 @@ def memory_worker(args) -> None:
     for start in range(0, logical, micro):
         idx = jnp.arange(start, start + micro, dtype=jnp.int32)
         acc, _, _ = acc_fn(params, acc, images, labels, idx, jnp.ones(micro, bool))
-    new_params, _ = update(params, opt.init(params), acc, jax.random.key(0))
+    new_params, _ = update(params, tx.init(params), acc)
     jax.block_until_ready(new_params)
     print(
         json.dumps(

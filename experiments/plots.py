@@ -30,12 +30,12 @@ def _band(values: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _title(runs: Sequence[Run], accountant: str | None) -> str:
-    datasets = sorted({r.config["dataset"] for r in runs})
-    samplings = sorted({r.config["sampling"] for r in runs if r.config["private"]})
+    datasets = sorted({r.config.dataset for r in runs})
+    samplings = sorted({r.config.sampling for r in runs if r.config.private})
     text = ", ".join(datasets)
     if accountant:
         text += f"; eps: {accountant}, {'/'.join(samplings) or 'poisson'} sampling, delta="
-        text += "/".join(sorted({f"{r.config['delta']:g}" for r in runs if r.config["private"]}))
+        text += "/".join(sorted({f"{r.config.delta:g}" for r in runs if r.config.private}))
     return text
 
 
@@ -50,7 +50,7 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, 
 
 
 def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
-    private = [r for r in runs if r.config["private"]]
+    private = [r for r in runs if r.config.private]
     if not private:
         raise ToolkitError("pareto needs at least one private run (eps is undefined otherwise).")
     with plt.rc_context(PAPER_RC):
@@ -95,9 +95,9 @@ def trace_figure(
             epochs = np.arange(1, len(mean) + 1)
             first = group[0]
             label = f"{first.label} (n={len(group)})"
-            if first.config["private"]:
-                label += f", eps={first.summary['epsilon'][accountant]:.2f}"
-            style = "-" if first.config["private"] else ":"
+            if first.config.private:
+                label += f", eps={first.summary.epsilon[accountant]:.2f}"
+            style = "-" if first.config.private else ":"
             (line,) = ax.plot(epochs, mean, style, label=label)
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         if log:
@@ -118,10 +118,10 @@ def best_triplets(runs: Sequence[Run], fraction: float = 0.1) -> tuple[np.ndarra
     """(triplets sorted by accuracy, mean of the best `fraction`): rows (s, T, o, accuracy)."""
     rows = []
     for r in runs:
-        a = r.config["activation"]
-        if a["name"] != "tempered":
+        a = r.config.activation
+        if a.name != "tempered":
             continue
-        rows.append((a["scale"], a["inverse_temp"], a["offset"], r.summary["test_accuracy"]))
+        rows.append((a.scale, a.inverse_temp, a.offset, r.summary.test_accuracy))
     if not rows:
         raise ToolkitError("no tempered-sigmoid runs among the given runs.")
     table = np.array(sorted(rows, key=lambda t: -t[3]))
@@ -131,13 +131,13 @@ def best_triplets(runs: Sequence[Run], fraction: float = 0.1) -> tuple[np.ndarra
 
 def grid_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
     table, best = best_triplets(runs)
-    eps = runs[0].summary["epsilon"].get(accountant) if runs[0].config["private"] else None
+    eps = runs[0].summary.epsilon.get(accountant) if runs[0].config.private else None
     with plt.rc_context(PAPER_RC):
         fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.3), sharey=True)
         for i, (ax, name) in enumerate(zip(axes, ("scale s", "inverse temperature T", "offset o"))):
             sc = ax.scatter(
                 table[:, i], 100 * table[:, 3], c=100 * table[:, 3], cmap="viridis", s=14
-            )  # noqa: E501
+            )
             ax.axvline(best[i], color="red", linestyle="--", linewidth=0.8)
             ax.set_xlabel(name)
             ax.grid(alpha=0.3)

@@ -1,29 +1,33 @@
 """Reading run directories: the only input of every table and plot.
 
-A `Run` is what `toolkit train --out DIR` wrote: the resolved config, one
-record per epoch, and the summary (absent while the run is unfinished).
-Runs are grouped by their config minus the seed, so seeds of the same
-setting become one curve with a band.
+A `Run` is what `toolkit train --out DIR` wrote: the resolved `TrainConfig`, one
+`EpochRecord` per epoch, and the `RunSummary` (None while the run is unfinished), all
+read through `toolkit.rundir`, the one place that knows the JSON. Runs are grouped by
+their config minus the seed, so seeds of the same setting become one curve with a band.
+A run directory that cannot be read is skipped with a warning that names it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from toolkit import accounting, rundir
+from toolkit.config import TrainConfig
 from toolkit.errors import ToolkitError
+from toolkit.records import EpochRecord, RunSummary
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     path: Path
-    config: dict[str, Any]
-    epochs: list[dict[str, Any]]
-    summary: dict[str, Any] | None
+    config: TrainConfig
+    epochs: list[EpochRecord]
+    summary: RunSummary | None
 
     @property
     def finished(self) -> bool:
@@ -31,41 +35,59 @@ class Run:
 
     @property
     def activation_label(self) -> str:
-        from toolkit.activations import ActivationSpec
-
-        return ActivationSpec.from_dict(self.config["activation"]).label
+        return self.config.activation.label
 
     @property
     def label(self) -> str:
         """'tanh, DP-SGD' or 'relu, SGD' style label."""
-        return f"{self.activation_label}, {'DP-SGD' if self.config['private'] else 'SGD'}"
+        return f"{self.activation_label}, {'DP-SGD' if self.config.private else 'SGD'}"
 
     def setting_key(self) -> tuple:
         """The config without the seed (and data location): seeds of one setting share it."""
-        d = {k: v for k, v in self.config.items() if k not in ("seed", "data_dir")}
+        d = {k: v for k, v in self.config.to_dict().items() if k not in ("seed", "data_dir")}
         return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items()))
 
-    def series(self, field: str) -> list[float | None]:
-        """Per-epoch values of a (dotted) field, e.g. 'grad_norm.median' or 'epsilon.pld'."""
-        out = []
-        for record in self.epochs:
-            value: Any = record
-            for part in field.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            out.append(value)
-        return out
+    def series(self, field: str) -> list[Any]:
+        """Per-epoch values of a (dotted) field, e.g. 'grad_norm.median' or 'epsilon.pld'.
+
+        A name is a record field or else one of its metrics ('test_accuracy').
+        """
+        return [_lookup(record, field) for record in self.epochs]
+
+
+def _lookup(record: Any, field: str) -> Any:
+    value: Any = record
+    for part in field.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif dataclasses.is_dataclass(value) and hasattr(value, part):
+            value = getattr(value, part)
+        elif isinstance(value, EpochRecord):
+            value = value.metrics.get(part)
+        else:
+            return None
+    return value
 
 
 def load_run(path: str | Path) -> Run:
+    """A `toolkit train` run directory; ToolkitError if it is corrupt or of another kind."""
     path = Path(path)
     record = rundir.read_config(path)
-    summary_path = path / rundir.SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return Run(path, record["config"], rundir.read_epochs(path), summary)
+    if record.get("kind", "train") != "train":
+        raise ToolkitError(f"{path} is a {record.get('kind')} run, not a toolkit train run.")
+    try:
+        config = TrainConfig.from_dict(record["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ToolkitError(f"{path / rundir.CONFIG} is not a valid run config ({e}).") from None
+    return Run(path, config, rundir.read_epochs(path), rundir.read_summary(path))
 
 
 def find_runs(paths: Iterable[str | Path], *, finished_only: bool = True) -> list[Run]:
-    """Runs at or below the given paths (a path may be a run or a directory of runs)."""
+    """Runs at or below the given paths (a path may be a run or a directory of runs).
+
+    A run that cannot be read is skipped with a warning naming it.
+    """
+    paths = list(paths)
     runs: list[Run] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -75,7 +97,11 @@ def find_runs(paths: Iterable[str | Path], *, finished_only: bool = True) -> lis
             if (p / rundir.CONFIG).exists()
             else sorted(c.parent for c in p.rglob(rundir.CONFIG))
         )
-        runs += [load_run(c) for c in candidates]
+        for c in candidates:
+            try:
+                runs.append(load_run(c))
+            except ToolkitError as e:
+                warnings.warn(f"skipping run {c}: {e}", stacklevel=2)
     if finished_only:
         runs = [r for r in runs if r.finished]
     if not runs:

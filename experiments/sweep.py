@@ -156,7 +156,7 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise ToolkitError(
             f"executor={executor!r} is unknown; expected one of {', '.join(EXECUTORS)}."
-        )  # noqa: E501
+        )
     if workers < 1:
         raise ToolkitError(f"workers={workers} must be >= 1.")
     root = Path(root)

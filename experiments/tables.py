@@ -25,22 +25,22 @@ def accuracy_rows(runs: Sequence[Run], *, accountant: str) -> list[dict[str, Any
     rows = []
     for group in group_by_setting(runs):
         first = group[0]
-        acc = _mean_std([r.summary["test_accuracy"] for r in group])
-        fair = _mean_std([r.summary["per_class_accuracy_std"] for r in group])
-        eps = first.summary["epsilon"].get(accountant) if first.config["private"] else None
+        acc = _mean_std([r.summary.metrics["test_accuracy"] for r in group])
+        fair = _mean_std([r.summary.metrics["per_class_accuracy_std"] for r in group])
+        eps = first.summary.epsilon.get(accountant) if first.config.private else None
         rows.append(
             {
-                "dataset": first.config["dataset"],
+                "dataset": first.config.dataset,
                 "activation": first.activation_label,
-                "training": "DP-SGD" if first.config["private"] else "non-private",
-                "epochs": first.config["epochs"],
-                "batch_size": first.config["batch_size"],
-                "optimizer": first.config["optimizer"],
-                "lr": first.config["lr"],
-                "noise_multiplier": first.config["noise_multiplier"],
+                "training": "DP-SGD" if first.config.private else "non-private",
+                "epochs": first.config.epochs,
+                "batch_size": first.config.batch_size,
+                "optimizer": first.config.optimizer,
+                "lr": first.config.lr,
+                "noise_multiplier": first.config.noise_multiplier,
                 "epsilon": eps,
                 "accountant": accountant if eps is not None else "",
-                "sampling": first.config["sampling"],
+                "sampling": first.config.sampling,
                 "seeds": len(group),
                 "accuracy_mean": acc[0],
                 "accuracy_std": acc[1],

@@ -1,4 +1,4 @@
-"""Tests for toolkit.accounting: published numbers, orderings, limits and calibration.
+"""Tests for toolkit.accounting: published numbers, orderings, limits and epsilon curves.
 
 Independent references: the TF Privacy tutorial's published eps (rdp-classic), the
 Gaussian mechanism's closed-form RDP alpha / (2 sigma^2) converted by hand (q = 1, one
@@ -13,14 +13,11 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scipy import optimize, stats
 
 from toolkit import accounting
 from toolkit.accounting import (
     ACCOUNTANTS,
-    calibrate_noise_multiplier,
     epsilon,
     epsilon_curve,
     epsilons,
@@ -47,7 +44,6 @@ PLD_TOL = 2e-3  # the 1e-4 grid is measured within 1e-4 of a 3e-5 grid; margin f
 
 # Small settings that keep every accountant fast (PLD cost grows as sigma shrinks).
 SMALL = {"sampling_prob": 0.02, "steps": 200, "delta": DELTA}
-CALIBRATION = {"sampling_prob": 0.05, "steps": 1000, "delta": DELTA}  # sigma ~ 2.4 to 6
 
 
 def mnist_steps(epochs: int) -> int:
@@ -215,62 +211,6 @@ def test_curve_edge_cases():
     assert epsilon_curve(noise_multiplier=0.0, steps=[0, 5], **kw) == [0.0, math.inf]
 
 
-# --- calibration ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("accountant", ACCOUNTANTS)
-@pytest.mark.parametrize("target", [1.0, 3.0])
-def test_calibration_meets_target_and_is_minimal_within_rtol(accountant, target):
-    rtol = 1e-3
-    sigma = calibrate_noise_multiplier(
-        accountant=accountant, target_epsilon=target, rtol=rtol, **CALIBRATION
-    )
-    assert epsilon(accountant=accountant, noise_multiplier=sigma, **CALIBRATION) <= target
-    # eps(lo) > target with lo >= sigma / (1 + rtol), and eps is non-increasing:
-    assert (
-        epsilon(accountant=accountant, noise_multiplier=sigma / (1 + rtol), **CALIBRATION) > target
-    )
-
-
-@pytest.mark.parametrize("accountant", ACCOUNTANTS)
-def test_calibration_unreachable_target_raises(accountant):
-    with pytest.raises(ToolkitError, match="unreachable"):
-        calibrate_noise_multiplier(accountant=accountant, target_epsilon=1e-6, **CALIBRATION)
-
-
-def test_calibration_target_met_by_smallest_sigma_raises():
-    with pytest.raises(ToolkitError, match="met even by noise_multiplier"):
-        calibrate_noise_multiplier(accountant="rdp", target_epsilon=1e9, **CALIBRATION)
-
-
-def test_calibration_with_zero_steps_returns_zero_noise():
-    zero_steps = {**SMALL, "steps": 0}
-    assert calibrate_noise_multiplier(accountant="pld", target_epsilon=1.0, **zero_steps) == 0.0
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    root=st.floats(0.02, 5e3),
-    power=st.floats(0.2, 8.0),
-    jump=st.floats(1.0, 100.0),
-    rtol=st.sampled_from([1e-2, 1e-3, 1e-5]),
-)
-def test_refine_terminates_with_a_valid_bracket_on_monotone_functions(root, power, jump, rtol):
-    # eps(sigma) = (root / sigma)^power, with an extra jump of size `jump` below the root
-    # (a discontinuity the secant cannot model), crossing target = 1 at sigma = root.
-    calls = []
-
-    def eps_of(sigma: float) -> float:
-        calls.append(sigma)
-        return (root / sigma) ** power * (jump if sigma < root else 1.0)
-
-    lo, hi = root / 7, root * 3
-    lo, hi, eps_hi = accounting._refine(eps_of, 1.0, (lo, eps_of(lo)), (hi, eps_of(hi)), rtol=rtol)
-    assert eps_of(lo) > 1.0 >= eps_hi == eps_of(hi)
-    assert hi / lo <= 1 + rtol
-    assert len(calls) < 200
-
-
 # --- helpers and validation -------------------------------------------------------------
 
 
@@ -322,23 +262,6 @@ def test_epsilon_rejects_bad_input_with_one_line_message(override, fragment):
     assert fragment in message and "\n" not in message
     (value,) = override.values()
     assert repr(value) in message  # names the argument and the offending value
-
-
-@pytest.mark.parametrize(
-    ("override", "fragment"),
-    [
-        ({"target_epsilon": 0.0}, "target_epsilon > 0"),
-        ({"target_epsilon": -1.0}, "target_epsilon > 0"),
-        ({"target_epsilon": math.inf}, "target_epsilon > 0 and finite"),
-        ({"rtol": 0.0}, "rtol in (0, 1)"),
-        ({"sampling_prob": 2.0}, "sampling_prob in (0, 1]"),
-    ],
-)
-def test_calibration_rejects_bad_input(override, fragment):
-    kwargs = {"accountant": "rdp", "target_epsilon": 1.0, **SMALL, **override}
-    with pytest.raises(ToolkitError) as info:
-        calibrate_noise_multiplier(**kwargs)
-    assert fragment in str(info.value)
 
 
 def test_curve_and_epsilons_reject_bad_input():

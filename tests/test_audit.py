@@ -17,7 +17,7 @@ import pytest
 from scipy import special, stats
 from typer.testing import CliRunner
 
-from toolkit import accounting, audit, dpsgd
+from toolkit import accounting, audit, audit_stats, dpsgd
 from toolkit import train as train_lib
 from toolkit.cli import app
 from toolkit.config import TrainConfig
@@ -38,7 +38,7 @@ def test_lower_bound_with_delta_zero_is_the_clopper_pearson_bound(r, v):
     """delta = 0: P[Bin(r, p) >= v] = alpha solves p = beta.ppf(alpha, v, r - v + 1) (CP)."""
     p_star = stats.beta.ppf(1 - CONF, v, r - v + 1)
     expected = max(0.0, math.log(p_star / (1 - p_star)))
-    got = audit.epsilon_lower_bound(m=1000, r=r, v=v, delta=0.0, confidence=CONF)
+    got = audit_stats.epsilon_lower_bound(m=1000, r=r, v=v, delta=0.0, confidence=CONF)
     assert got == pytest.approx(expected, abs=1e-8)  # bisection to 64 / 2^50; ppf to ~1e-12
 
 
@@ -54,22 +54,22 @@ def test_p_value_delta_term_equals_a_direct_sum_over_all_i(r, v, eps):
 
     alpha = max((f(v - i) - f(v)) / i for i in range(1, m + 1))
     expected = min(1.0, f(v) + 2 * m * delta * alpha)
-    assert audit.p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) == pytest.approx(
+    assert audit_stats.p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) == pytest.approx(
         expected, rel=1e-9
     )
 
 
 def test_bound_is_monotone_and_edge_cases():
     lbs = [
-        audit.epsilon_lower_bound(m=200, r=100, v=v, delta=1e-5, confidence=CONF)
+        audit_stats.epsilon_lower_bound(m=200, r=100, v=v, delta=1e-5, confidence=CONF)
         for v in range(50, 101, 10)
     ]
     assert lbs[0] == 0.0 and all(a <= b for a, b in zip(lbs, lbs[1:]))
-    assert audit.p_value(m=10, r=0, v=0, epsilon=3.0, delta=0.0) == 1.0
+    assert audit_stats.p_value(m=10, r=0, v=0, epsilon=3.0, delta=0.0) == 1.0
     with pytest.raises(ValueError, match="2\\*m\\*delta"):
-        audit.p_value(m=10**6, r=1, v=1, epsilon=1.0, delta=1e-5)
+        audit_stats.p_value(m=10**6, r=1, v=1, epsilon=1.0, delta=1e-5)
     with pytest.raises(ValueError, match="confidence"):
-        audit.epsilon_lower_bound(m=10, r=5, v=5, delta=0.0, confidence=1.0)
+        audit_stats.epsilon_lower_bound(m=10, r=5, v=5, delta=0.0, confidence=1.0)
 
 
 def _randomised_response(rng, m, eps, delta=0.0):
@@ -94,7 +94,7 @@ def test_single_test_on_randomised_response_has_level_one_minus_confidence():
     wrong = 0
     for _ in range(runs):
         scores, s = _randomised_response(rng, m, eps)
-        result = audit.audit_scores(scores, s, delta=0.0, confidence=CONF, grid=[(k, 0)])
+        result = audit_stats.audit_scores(scores, s, delta=0.0, confidence=CONF, grid=[(k, 0)])
         wrong += result.epsilon_lower_bound > eps
     p = special.expit(eps)
     v_star = next(v for v in range(k + 1) if stats.binom.sf(v - 1, k, p) < 1 - CONF)
@@ -116,7 +116,7 @@ def test_full_grid_audit_never_claims_more_than_the_true_eps_of_randomised_respo
     for _ in range(runs):
         scores, s = _randomised_response(rng, m, eps, delta)
         bounds.append(
-            audit.audit_scores(scores, s, delta=delta, confidence=CONF).epsilon_lower_bound
+            audit_stats.audit_scores(scores, s, delta=delta, confidence=CONF).epsilon_lower_bound
         )
     bounds = np.array(bounds)
     assert np.mean(bounds > eps) <= (1 - CONF) + 3 * math.sqrt(CONF * (1 - CONF) / runs)
@@ -126,8 +126,8 @@ def test_full_grid_audit_never_claims_more_than_the_true_eps_of_randomised_respo
 
 def test_guesses_ignore_membership_and_break_ties_by_index():
     scores = np.array([1.0, 1.0, np.nan, 0.5, 1.0])
-    a = audit.audit_scores(scores, np.array([1, 0, 0, 1, 1], bool), delta=0, grid=[(2, 1)])
-    b = audit.audit_scores(scores, np.array([0, 1, 1, 0, 0], bool), delta=0, grid=[(2, 1)])
+    a = audit_stats.audit_scores(scores, np.array([1, 0, 0, 1, 1], bool), delta=0, grid=[(2, 1)])
+    b = audit_stats.audit_scores(scores, np.array([0, 1, 1, 0, 0], bool), delta=0, grid=[(2, 1)])
     assert (a.correct, b.correct) == (2, 1)  # guesses in: canaries 0 and 1; out: canary 2 (NaN)
 
 
@@ -153,7 +153,7 @@ def test_zero_noise_run_shows_a_large_audited_eps(tiny_data_dir, tmp_path):
     assert json.loads((out / "audit.json").read_text()) == record
     # The stored scores reproduce the stored bound.
     z = np.load(out / "canaries.npz")
-    again = audit.audit_scores(-z["loss"], z["included"], delta=1e-5, confidence=CONF)
+    again = audit_stats.audit_scores(-z["loss"], z["included"], delta=1e-5, confidence=CONF)
     assert again.epsilon_lower_bound == record["epsilon_lower_bound"]
     assert z["included"].sum() == record["num_included"]
     assert np.all(z["source_index"] >= 100)  # canaries lie outside the base set
@@ -167,18 +167,18 @@ def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):
     slots restricted to the present examples (so q = B / (base + m) does not depend on S).
     """
     seen = []
-    make_accumulate = dpsgd.make_accumulate
+    make_accumulate = dpsgd.make_accumulate_fn
 
-    def spy(graphdef, mechanism, **kwargs):
-        accumulate = make_accumulate(graphdef, mechanism, **kwargs)
+    def spy(clip):
+        accumulate = make_accumulate(clip)
 
-        def recording(params, acc, images, labels, idx, mask):
+        def recording(params, acc, images, labels, idx, mask, *rest):
             seen.append(np.asarray(idx)[np.asarray(mask)])
-            return accumulate(params, acc, images, labels, idx, mask)
+            return accumulate(params, acc, images, labels, idx, mask, *rest)
 
         return recording
 
-    monkeypatch.setattr(dpsgd, "make_accumulate", spy)
+    monkeypatch.setattr(dpsgd, "make_accumulate_fn", spy)
     cfg = TrainConfig(
         dataset="fashion-mnist",
         data_dir=str(tiny_data_dir),
@@ -190,14 +190,14 @@ def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):
     full = load_dataset("fashion-mnist", data_dir=tiny_data_dir)
     present = np.concatenate(
         [np.ones(100, bool), audit.make_canaries(full, base=100, m=100, seed=0).included]
-    )  # noqa: E501
+    )
     sampler = PoissonSampler(200, 40 / 200, seed=0)
     expected = [i for t in range(40) for i in sampler.indices(t) if present[i]]
     assert np.array_equal(np.concatenate(seen), expected)  # one micro-batch per step here
-    assert record["consistent"] and record["epsilon_lower_bound"] <= min(record["epsilon"].values())
+    assert record.consistent and record.epsilon_lower_bound <= min(record.epsilon.values())
     # The eps is that of q = B / (base + m) over the steps actually run.
-    assert record["sampling_prob"] == 40 / 200 and record["steps"] == 8 * (200 // 40)
-    for name, eps in record["epsilon"].items():
+    assert record.sampling_prob == 40 / 200 and record.steps == 8 * (200 // 40)
+    for name, eps in record.epsilon.items():
         assert eps == pytest.approx(
             accounting.epsilon(
                 accountant=name, noise_multiplier=3.0, sampling_prob=0.2, steps=40, delta=1e-5
@@ -210,16 +210,12 @@ def test_a_bound_above_the_accountant_is_flagged_as_a_bug(tiny_data_dir, tmp_pat
     """Fake an over-claiming audit (no training): exit 1, 'BUG:' on stderr, record written."""
 
     def no_training(cfg, data, canaries, progress=False):
-        images = np.concatenate([data.train_images, canaries.images])
-        labels = np.concatenate([data.train_labels, canaries.labels])
-        universe = dataclasses.replace(data, train_images=images, train_labels=labels)
-        run = train_lib._init(cfg, universe)
-        return run.graphdef, run.params, 0
+        return train_lib.init_model(cfg)[0], 0
 
     def over_claim(*args, **kwargs):
         return dataclasses.replace(real(*args, **kwargs), epsilon_lower_bound=50.0)
 
-    real = audit.audit_scores
+    real = audit_stats.audit_scores
     monkeypatch.setattr(audit, "train_with_canaries", no_training)
     monkeypatch.setattr(audit, "audit_scores", over_claim)
     out = tmp_path / "bug"
@@ -242,7 +238,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra, needle", BAD)
-def test_bad_audit_input_is_one_line_exit_2_nothing_written(tiny_data_dir, tmp_path, extra, needle):  # noqa: E501
+def test_bad_audit_input_is_one_line_exit_2_nothing_written(tiny_data_dir, tmp_path, extra, needle):
     out = tmp_path / "never"
     args = {"--data-dir": str(tiny_data_dir), "--canaries": "100", "--limit-train": "100",
             "--noise-multiplier": "1", "--out": str(out)}  # fmt: skip

@@ -1,5 +1,5 @@
-"""Tests for toolkit.data: exact round trips, one-line errors for every malformed file, lookup
-order, checksums and downloads (through file:// URLs, never the network)."""
+"""Tests for toolkit.data and toolkit.datafiles: exact round trips, one-line errors for every
+malformed file, lookup order, checksums and downloads (through file:// URLs, never the network)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit import data
+from toolkit import data, datafiles
 from toolkit.data import DATASETS, load_dataset, read_idx, to_float
 from toolkit.errors import ToolkitError
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
-_SYSTEM_DIRS = data._SYSTEM_DIRS
-_REAL_URLS = dict(data._BASE_URL)
-IDX_FILES = [f"{stem}.gz" for stem in data._IDX_STEMS]
+_SYSTEM_DIRS = datafiles._SYSTEM_DIRS
+_REAL_URLS = dict(datafiles._BASE_URL)
+IDX_FILES = [f"{stem}.gz" for stem in datafiles.IDX_STEMS]
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 
 
@@ -35,10 +35,10 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private cache, no env var, no system dirs, and download URLs that go nowhere."""
     cache = tmp_path / "cache"
     monkeypatch.setattr(platformdirs, "user_cache_dir", lambda appname: str(cache))
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "_SYSTEM_DIRS", {})
+    monkeypatch.delenv(datafiles.ENV_VAR, raising=False)
+    monkeypatch.setattr(datafiles, "_SYSTEM_DIRS", {})
     nowhere = (tmp_path / "nowhere").as_uri() + "/"
-    monkeypatch.setattr(data, "_BASE_URL", dict.fromkeys(DATASETS, nowhere))
+    monkeypatch.setattr(datafiles, "_BASE_URL", dict.fromkeys(DATASETS, nowhere))
     return cache
 
 
@@ -52,7 +52,7 @@ def write_idx_set(d: Path, *, n_train: int, n_test: int = 4, gz: bool = True, se
     """Writes the four (Fashion-)MNIST IDX files into `d`; returns the arrays written."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for stem, n in zip(data._IDX_STEMS, (n_train, n_train, n_test, n_test), strict=True):
+    for stem, n in zip(datafiles.IDX_STEMS, (n_train, n_train, n_test, n_test), strict=True):
         shape = (n, 28, 28) if "images" in stem else (n,)
         arrays[stem] = rng.integers(0, 256 if "images" in stem else 10, shape, dtype=np.uint8)
         raw = idx_bytes(arrays[stem])
@@ -63,8 +63,10 @@ def write_idx_set(d: Path, *, n_train: int, n_test: int = 4, gz: bool = True, se
 
 def trust(monkeypatch: pytest.MonkeyPatch, name: str, d: Path) -> None:
     """Makes the files in `d` the published ones for `name`."""
-    digests = {f: (hashlib.sha256((d / f).read_bytes()).hexdigest(),) for f in data._SHA256[name]}
-    monkeypatch.setitem(data._SHA256, name, digests)
+    digests = {
+        f: (hashlib.sha256((d / f).read_bytes()).hexdigest(),) for f in datafiles._SHA256[name]
+    }
+    monkeypatch.setitem(datafiles._SHA256, name, digests)
 
 
 def cifar_batch(rng: np.random.Generator, n: int) -> dict[bytes, object]:
@@ -84,7 +86,7 @@ def pickle_batch(batch: object) -> bytes:
 def write_cifar(d: Path, layout: str, *, seed: int = 0, edit: dict | None = None):
     """Writes six small batches as 'folder', 'flat' or 'archive'; `edit` replaces some bytes."""
     rng = np.random.default_rng(seed)
-    batches = {name: cifar_batch(rng, 3 + i) for i, name in enumerate(data._CIFAR_BATCHES)}
+    batches = {name: cifar_batch(rng, 3 + i) for i, name in enumerate(datafiles.CIFAR_BATCHES)}
     blobs = {name: pickle_batch(b) for name, b in batches.items()}
     blobs["batches.meta"] = pickle.dumps({b"label_names": [b"x"] * 10}, protocol=2)
     blobs.update(edit or {})
@@ -297,8 +299,8 @@ def test_lookup_order_data_dir_env_cache_system(
     for n_train, d in enumerate(dirs.values(), start=1):
         write_idx_set(d, n_train=n_train)  # the train size tells the sets apart
     trust(monkeypatch, "mnist", dirs["cache"])
-    monkeypatch.setenv(data.ENV_VAR, str(dirs["env"]))
-    monkeypatch.setattr(data, "_SYSTEM_DIRS", {"mnist": (str(dirs["system"]),)})
+    monkeypatch.setenv(datafiles.ENV_VAR, str(dirs["env"]))
+    monkeypatch.setattr(datafiles, "_SYSTEM_DIRS", {"mnist": (str(dirs["system"]),)})
 
     def found_in(**kwargs: object) -> str:
         ds = load_dataset("mnist", download=False, **kwargs)
@@ -308,21 +310,21 @@ def test_lookup_order_data_dir_env_cache_system(
 
     assert found_in(data_dir=dirs["data_dir"]) == "data_dir"
     assert found_in() == "env"
-    monkeypatch.delenv(data.ENV_VAR)
+    monkeypatch.delenv(datafiles.ENV_VAR)
     assert found_in() == "cache"
     for f in dirs["cache"].iterdir():
         f.unlink()
     assert found_in() == "system"
 
 
-@pytest.mark.parametrize("argument", ["data_dir", data.ENV_VAR])
+@pytest.mark.parametrize("argument", ["data_dir", datafiles.ENV_VAR])
 def test_missing_search_directory_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argument: str
 ) -> None:
     missing = tmp_path / "typo"
     kwargs = {"data_dir": missing} if argument == "data_dir" else {}
-    if argument == data.ENV_VAR:
-        monkeypatch.setenv(data.ENV_VAR, str(missing))
+    if argument == datafiles.ENV_VAR:
+        monkeypatch.setenv(datafiles.ENV_VAR, str(missing))
     with pytest.raises(ToolkitError) as excinfo:
         load_dataset("mnist", **kwargs)
     assert_one_line_error(excinfo, f"{argument}={missing}")
@@ -346,12 +348,12 @@ def test_unknown_dataset_lists_the_choices() -> None:
 def test_download_disabled_says_where_it_looked_and_how_to_get_files(
     tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    monkeypatch.setattr(data, "_BASE_URL", _REAL_URLS)
-    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(datafiles, "_BASE_URL", _REAL_URLS)
+    monkeypatch.setenv(datafiles.ENV_VAR, str(tmp_path))
     with pytest.raises(ToolkitError) as excinfo:
         load_dataset(name, download=False)
     needles = [f"TOOLKIT_DATA_DIR={tmp_path}", str(isolated), "download=False", "--data-dir"]
-    needles += [_REAL_URLS[name], *data._SHA256[name]]
+    needles += [_REAL_URLS[name], *datafiles._SHA256[name]]
     if name == "fashion-mnist":
         needles.append("apt install dataset-fashion-mnist")
     assert_one_line_error(excinfo, *needles)
@@ -370,7 +372,7 @@ def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A local directory that the download URLs point at."""
     d = tmp_path / "mirror"
     d.mkdir()
-    monkeypatch.setattr(data, "_BASE_URL", dict.fromkeys(DATASETS, d.as_uri() + "/"))
+    monkeypatch.setattr(datafiles, "_BASE_URL", dict.fromkeys(DATASETS, d.as_uri() + "/"))
     return d
 
 
@@ -386,8 +388,8 @@ def test_download_verifies_and_moves_into_cache(
     ds = load_dataset(name)
     cached = isolated / name
     assert ds.source == str(cached)
-    assert sorted(p.name for p in cached.iterdir()) == sorted(data._SHA256[name])
-    for f in data._SHA256[name]:
+    assert sorted(p.name for p in cached.iterdir()) == sorted(datafiles._SHA256[name])
+    for f in datafiles._SHA256[name]:
         assert (cached / f).read_bytes() == (mirror / f).read_bytes()
     again = load_dataset(name, download=False)
     np.testing.assert_array_equal(again.test_images, ds.test_images)
@@ -397,7 +399,7 @@ def test_download_with_bad_checksum_saves_nothing(
     mirror: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_idx_set(mirror, n_train=6)
-    monkeypatch.setitem(data._SHA256, "mnist", dict.fromkeys(IDX_FILES, ("0" * 64,)))
+    monkeypatch.setitem(datafiles._SHA256, "mnist", dict.fromkeys(IDX_FILES, ("0" * 64,)))
     with pytest.raises(ToolkitError) as excinfo:
         load_dataset("mnist")
     assert_one_line_error(excinfo, "SHA-256", "train-images-idx3-ubyte.gz", "0" * 64)
@@ -429,7 +431,7 @@ def test_cache_files_are_checksummed_on_load(
     write(1)
     with pytest.raises(ToolkitError) as excinfo:
         load_dataset(name, download=False)
-    first = next(iter(data._SHA256[name]))
+    first = next(iter(datafiles._SHA256[name]))
     assert_one_line_error(excinfo, str(isolated / name / first), "SHA-256")
     assert load_dataset(name, download=False, verify=False).num_classes == 10
 
@@ -460,7 +462,7 @@ def test_to_float_divides_by_255_only() -> None:
     not REAL_FASHION.is_dir(), reason=f"{REAL_FASHION} absent (dataset-fashion-mnist)"
 )
 def test_real_fashion_mnist_from_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_SYSTEM_DIRS", _SYSTEM_DIRS)
+    monkeypatch.setattr(datafiles, "_SYSTEM_DIRS", _SYSTEM_DIRS)
     ds = load_dataset("fashion-mnist", download=False, verify=True)
     assert ds.source == str(REAL_FASHION)
     assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (
@@ -508,3 +510,23 @@ def test_corrupt_cifar_batch_only_ever_raises_toolkit_error(tmp_path: Path, blob
         load_dataset("cifar10", data_dir=tmp_path)
     except ToolkitError as e:
         assert "\n" not in str(e) and "test_batch" in str(e)
+
+
+def test_locate_returns_the_files_in_layout_order_with_the_checks_to_make(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_idx_set(tmp_path / "user", n_train=6)
+    files = datafiles.locate("mnist", data_dir=tmp_path / "user")
+    assert [p.name for p in files.paths] == IDX_FILES
+    assert (files.source, files.check, files.strict) == (str(tmp_path / "user"), False, False)
+    assert datafiles.locate("mnist", data_dir=tmp_path / "user", verify=True).strict
+    write_cifar(isolated / "cifar10", "flat")
+    files = datafiles.locate("cifar10", download=False)
+    assert [p.name for p in files.paths] == list(datafiles.CIFAR_BATCHES)
+    assert files.paths[-1].name == "test_batch" and files.check and not files.strict
+
+
+def test_data_keeps_its_public_names() -> None:
+    assert data.DATASETS is datafiles.DATASETS == ("mnist", "fashion-mnist", "cifar10")
+    assert data.ENV_VAR == datafiles.ENV_VAR == "TOOLKIT_DATA_DIR"
+    assert {"Dataset", "load_dataset", "read_idx", "to_float"} <= set(data.__all__)

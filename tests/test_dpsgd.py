@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from toolkit import clipping, dpsgd
+from toolkit import clipping, dpsgd, per_example, privatizer
 from toolkit.activations import ActivationSpec
 from toolkit.models import build_model
 
@@ -28,7 +28,7 @@ def _batch(n, seed=0, scale=1.0):
 
 
 def _per_example_grads(graphdef, params, x, y):
-    loss = dpsgd.per_example_loss_fn(graphdef)
+    loss = per_example.per_example_loss_fn(graphdef)
     return jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, x, y)
 
 
@@ -85,9 +85,9 @@ def test_noise_std_matches_sigma_times_c():
         [
             np.ravel(v)
             for v in jax.tree.leaves(
-                dpsgd.add_gaussian_noise(zeros, jax.random.key(0), mech.noise_std)
+                privatizer.add_gaussian_noise(zeros, jax.random.key(0), mech.noise_std)
             )
-        ]  # noqa: E501
+        ]
     )
     n = noise.size
     assert mech.noise_std == pytest.approx(1.3 * 0.7)
@@ -98,8 +98,8 @@ def test_noise_std_matches_sigma_times_c():
 def test_noise_independent_across_steps_and_leaves():
     tree = {"a": jnp.zeros(5000), "b": jnp.zeros(5000)}
     key = jax.random.key(0)
-    s0 = dpsgd.add_gaussian_noise(tree, jax.random.fold_in(key, 0), 1.0)
-    s1 = dpsgd.add_gaussian_noise(tree, jax.random.fold_in(key, 1), 1.0)
+    s0 = privatizer.add_gaussian_noise(tree, jax.random.fold_in(key, 0), 1.0)
+    s1 = privatizer.add_gaussian_noise(tree, jax.random.fold_in(key, 1), 1.0)
     pairs = [(s0["a"], s0["b"]), (s0["a"], s1["a"]), (s0["b"], s1["b"])]
     for u, v in pairs:  # correlation of independent N(0,1) vectors: std 1/sqrt(5000) = 0.014
         assert abs(float(jnp.corrcoef(u, v)[0, 1])) < 5 / math.sqrt(5000)
@@ -114,8 +114,8 @@ def test_no_clip_no_noise_full_batch_is_plain_sgd(split_model):
     acc, _, _ = dpsgd.make_accumulate(graphdef, mech)(
         params, dpsgd.zeros_like(params), x, y, jnp.arange(24, dtype=jnp.int32), jnp.ones(24, bool)
     )
-    update = dpsgd.make_update(opt, mech, expected_batch_size=24.0)
-    dp_params, _ = update(params, opt.init(params), acc, jax.random.key(0))
+    tx = mech.privatized(opt, expected_batch_size=24.0, key=jax.random.key(0))
+    dp_params, _ = dpsgd.make_update(tx)(params, tx.init(params), acc)
 
     def mean_loss(p):
         logits = nnx.merge(graphdef, p)(x)
@@ -138,6 +138,6 @@ def test_microbatches_accumulate_to_the_single_batch_sum(split_model):
     for start in (0, 16, 32):
         parts, _, _ = acc(
             params, parts, x, y, jnp.arange(start, start + 16, dtype=jnp.int32), jnp.ones(16, bool)
-        )  # noqa: E501
+        )
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(parts)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -100,7 +100,7 @@ def four_runs(tiny_data_dir, tmp_path_factory):
     nonprivate = {**spec, "base": {**spec["base"], "private": False, "noise_multiplier": None}}
     sweep.run_sweep(
         sweep.expand({**nonprivate, "grid": {"activation": ["relu", "tanh"]}}), root / "sgd"
-    )  # noqa: E501
+    )
     return root
 
 
@@ -109,12 +109,10 @@ def test_table_pools_seeds(four_runs):
     rows = tables.accuracy_rows(found, accountant="pld")
     assert [(r["activation"], r["seeds"]) for r in rows] == [("relu", 2), ("tanh", 2)]
     for row in rows:
-        accs = [
-            r.summary["test_accuracy"] for r in found if r.activation_label == row["activation"]
-        ]
+        accs = [r.summary.test_accuracy for r in found if r.activation_label == row["activation"]]
         assert row["accuracy_mean"] == pytest.approx(sum(accs) / 2)
         assert row["accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
-        assert row["epsilon"] == found[0].summary["epsilon"]["pld"]
+        assert row["epsilon"] == found[0].summary.epsilon["pld"]
     md = tables.to_markdown(rows)
     assert md.count("\n") == 4 and "(pld)" in md
 
@@ -130,12 +128,12 @@ def test_cli_table_pareto_figures_write_outputs(four_runs, tmp_path):
     assert (tmp_path / "t3.md").exists() and (tmp_path / "t3.csv").exists()
     res = runner.invoke(
         app, ["pareto", str(four_runs), "--accountant", "rdp", "--out", str(tmp_path / "p")]
-    )  # noqa: E501
+    )
     assert res.exit_code == 0, res.output
     for kind in ("grad-norms", "act-norms"):
         res = runner.invoke(
             app, ["figures", str(four_runs), "--kind", kind, "--out", str(tmp_path / kind)]
-        )  # noqa: E501
+        )
         assert res.exit_code == 0, res.output
     for stem in ("p", "grad-norms", "act-norms"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000

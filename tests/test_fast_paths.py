@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from toolkit import bookkeeping, clipping, dpsgd
+from toolkit import bookkeeping, clipping, dpsgd, per_example
 from toolkit.activations import ActivationSpec
 from toolkit.errors import ToolkitError
 from toolkit.models import build_model
@@ -80,7 +80,7 @@ def _hostile_batch(shape, n, *, seed):
 
 
 def _reference(graphdef, params, x, y, mask, *, rule, clip_norm):
-    loss = dpsgd.per_example_loss_fn(graphdef)
+    loss = per_example.per_example_loss_fn(graphdef)
     grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, x, y)
     norms = clipping.per_example_norms(grads)
     factors = clipping.clip_factors(norms, clipping=rule, clip_norm=clip_norm)
@@ -175,14 +175,20 @@ def test_accumulate_bookkeeping_equals_vmap_on_mnist_cnn():
     assert np.isnan(np.asarray(fast_loss)).any()
 
 
+def _resolve(graphdef, params, x, y, implementation):
+    """The path `ClippedGradFn.checked` picks on real examples (the pre-training check)."""
+    fn = per_example.clipped_grad(graphdef, clip_norm=1.0, implementation=implementation)
+    return fn.checked(params, None, x, y).implementation
+
+
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_auto_resolves_to_bookkeeping_for_the_paper_cnns(dataset):
     graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)
     shape = (3, 28, 28, 1) if dataset == "mnist" else (3, 32, 32, 3)
     x = jnp.asarray(np.random.default_rng(0).random(shape), jnp.float32)
     y = jnp.asarray([0, 1, 2])
-    assert dpsgd.resolve_implementation(graphdef, params, x, y, "auto") == "bookkeeping"
-    assert dpsgd.resolve_implementation(graphdef, params, x, y, "vmap") == "vmap"
+    assert _resolve(graphdef, params, x, y, "auto") == "bookkeeping"
+    assert _resolve(graphdef, params, x, y, "vmap") == "vmap"
 
 
 class _BatchMixing(nnx.Module):
@@ -213,9 +219,9 @@ def test_auto_resolves_to_vmap_and_bookkeeping_refuses_models_it_cannot_serve(mo
     graphdef, params = nnx.split(module(nnx.Rngs(0)), nnx.Param)
     x = jnp.asarray(np.random.default_rng(1).random((5, 4)), jnp.float32)
     y = jnp.asarray([0, 1, 2, 0, 1])
-    assert dpsgd.resolve_implementation(graphdef, params, x, y, "auto") == "vmap"
+    assert _resolve(graphdef, params, x, y, "auto") == "vmap"
     with pytest.raises(ToolkitError, match="per_example='bookkeeping'"):
-        dpsgd.resolve_implementation(graphdef, params, x, y, "bookkeeping")
+        _resolve(graphdef, params, x, y, "bookkeeping")
 
 
 def test_microbatched_bookkeeping_equals_one_batch():

@@ -89,32 +89,23 @@ def _assert_shuffle_labelled_everywhere(out, printed: str) -> None:
     assert SHUFFLED in json.loads((out / rundir.SUMMARY).read_text())["privacy"]
     assert SHUFFLED in json.loads((out / rundir.CONFIG).read_text())["privacy"]
     for record in rundir.read_epochs(out):
-        assert record["sampling"] == "shuffle" and SHUFFLED in record["privacy"]
+        assert record.sampling == "shuffle" and SHUFFLED in record.privacy
 
 
 def test_shuffled_audit_is_labelled(tiny_data_dir, monkeypatch):
     """The audit record carries the same label (its training is stubbed out: labels only)."""
-    import dataclasses
-
-    import numpy as np
-
     from toolkit import audit
     from toolkit import train as train_lib
     from toolkit.config import TrainConfig
 
     def no_training(cfg, data, canaries, progress=False):
-        images = np.concatenate([data.train_images, canaries.images])
-        labels = np.concatenate([data.train_labels, canaries.labels])
-        run = train_lib._init(
-            cfg, dataclasses.replace(data, train_images=images, train_labels=labels)
-        )  # noqa: E501
-        return run.graphdef, run.params, 2
+        return train_lib.init_model(cfg)[0], 2
 
     monkeypatch.setattr(audit, "train_with_canaries", no_training)
     cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), sampling="shuffle",
                       noise_multiplier=2.0, batch_size=30, limit_train=60)  # fmt: skip
     record = audit.run_audit(cfg, canaries=30)
-    assert SHUFFLED in record["privacy"] and record["epsilon"]["rdp-classic"] > 0
+    assert SHUFFLED in record.privacy and record.epsilon["rdp-classic"] > 0
 
 
 def test_zero_noise_private_run_prints_infinite_eps(tiny_data_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -26,12 +27,13 @@ def _cfg(data_dir, **kw) -> TrainConfig:
 
 
 def _strip_times(history):
-    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in history]
+    return [dataclasses.replace(r, epoch_time_s=0.0) for r in history]
 
 
 def test_train_writes_complete_record_and_stored_eps_matches_config(tiny_data_dir, tmp_path):
     out = tmp_path / "run"
-    summary, history = train(_cfg(tiny_data_dir), out=out)
+    result = train(_cfg(tiny_data_dir), out=out)
+    summary, history = result.summary, result.history
     assert {p.name for p in out.iterdir()} == {
         "config.json", "epochs.jsonl", "summary.json", "checkpoint.npz"
     }  # fmt: skip
@@ -45,18 +47,19 @@ def test_train_writes_complete_record_and_stored_eps_matches_config(tiny_data_di
             accountant=name, noise_multiplier=cfg.noise_multiplier, sampling_prob=60 / 600,
             steps=2 * (600 // 60), delta=cfg.delta,
         )  # fmt: skip
-        assert history[-1]["epsilon"][name] == pytest.approx(eps, rel=1e-9)
-    assert summary["privacy"] == "rdp-classic, Poisson sampling"
+        assert history[-1].epsilon[name] == pytest.approx(eps, rel=1e-9)
+        assert result.epsilon[name] == pytest.approx(eps, rel=1e-9)
+    assert summary.privacy == "rdp-classic, Poisson sampling"
     last = history[-1]
-    assert 0 <= last["test_accuracy"] <= 1 and len(last["per_class_accuracy"]) == 10
-    assert last["grad_norm"]["max"] >= last["grad_norm"]["median"] > 0
-    assert last["first_conv_activation_norm"] > 0
-    assert abs(last["batch_size_mean"] - 60) < 5 * math.sqrt(60 / 10)  # Poisson mean over 10 steps
+    assert 0 <= last.test_accuracy <= 1 and len(last.metrics["per_class_accuracy"]) == 10
+    assert last.grad_norm.max >= last.grad_norm.median > 0
+    assert last.metrics["first_conv_activation_norm"] > 0
+    assert abs(last.batch_size_mean - 60) < 5 * math.sqrt(60 / 10)  # Poisson mean over 10 steps
 
 
 def test_same_seed_same_numbers_and_resume_matches(tiny_data_dir, tmp_path, monkeypatch):
     cfg = _cfg(tiny_data_dir, epochs=3)
-    _, full = train(cfg, out=tmp_path / "a")
+    full = train(cfg, out=tmp_path / "a").history
     # Interrupt run b right after the checkpoint of epoch 1 is written, then resume it.
     real_write = rundir.write_epochs
     calls = {"n": 0}
@@ -72,21 +75,20 @@ def test_same_seed_same_numbers_and_resume_matches(tiny_data_dir, tmp_path, monk
         train(cfg, out=tmp_path / "b")
     monkeypatch.setattr(rundir, "write_epochs", real_write)
     assert len(rundir.read_epochs(tmp_path / "b")) == 1
-    _, resumed = resume(tmp_path / "b")
+    resumed = resume(tmp_path / "b").history
     assert _strip_times(resumed) == _strip_times(full)
     za, zb = np.load(tmp_path / "a" / "checkpoint.npz"), np.load(tmp_path / "b" / "checkpoint.npz")
     assert all(np.array_equal(za[k], zb[k]) for k in za.files if k != "meta")
 
 
 def test_no_privacy_records_no_epsilon(tiny_data_dir):
-    summary, history = train(_cfg(tiny_data_dir, private=False, noise_multiplier=None, epochs=1))
-    assert summary["epsilon"] == dict.fromkeys(accounting.ACCOUNTANTS)
-    assert history[0]["grad_norm"]["fraction_clipped"] == 0.0
+    result = train(_cfg(tiny_data_dir, private=False, noise_multiplier=None, epochs=1))
+    assert result.summary.epsilon == dict.fromkeys(accounting.ACCOUNTANTS)
+    assert result.history[0].grad_norm.fraction_clipped == 0.0
 
 
 def test_shuffle_runs_are_labelled(tiny_data_dir):
-    summary, _ = train(_cfg(tiny_data_dir, sampling="shuffle", epochs=1))
-    assert "SHUFFLED" in summary["privacy"]
+    assert "SHUFFLED" in train(_cfg(tiny_data_dir, sampling="shuffle", epochs=1)).summary.privacy
 
 
 def test_cli_train_and_resume_finished_run(tiny_data_dir, tmp_path):
@@ -183,4 +185,4 @@ def test_divergence_is_a_one_line_error_exit_3_and_keeps_last_checkpoint(tiny_da
     assert not (out / "summary.json").exists()
     kept = rundir.read_epochs(out)  # the epochs before the divergence stay usable
     assert f"diverged in epoch {len(kept) + 1}" in result.output
-    assert all(math.isfinite(r["train_loss"]) for r in kept)
+    assert all(math.isfinite(r.train_loss) for r in kept)

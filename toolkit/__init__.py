@@ -1,0 +1,50 @@
+"""Differentially private deep learning with tempered sigmoids, in Flax NNX and JAX.
+
+The public API (see README, "Python API"):
+
+- `fit(model, (x, y), optimizer=..., batch_size=..., epochs=..., clip_norm=...,
+  target_epsilon=...)`: DP-SGD on any NNX model and per-example loss; returns a
+  `FitResult` with `.model`, `.epsilon` (every accountant), `.history`, `.config`.
+- `load_run(path, model=...)`: a run directory back as a `FitResult`.
+- The lower layer, each piece usable alone: `clipped_grad` (per-example clipped sum,
+  norms, losses, `sensitivity`), `gaussian_privatizer` (an optax transformation: noise on
+  the sum, then / B), `PrivacyParams` (q, steps, sigma, delta, accountant -> event, eps),
+  `split_model`, `metrics` hooks, `TemperedSigmoid`-style activations (`tempered_sigmoid`).
+"""
+
+from toolkit import metrics
+from toolkit.activations import tempered_sigmoid
+from toolkit.api import FitConfig, FitResult, fit, load_run
+from toolkit.per_example import (
+    ClippedGrad,
+    ClippedGradFn,
+    clipped_grad,
+    softmax_cross_entropy,
+    split_model,
+)
+from toolkit.loop import EpochContext, TrainingDiverged
+from toolkit.privacy import PrivacyParams
+from toolkit.privatizer import PrivatizerState, gaussian_privatizer
+from toolkit.records import EpochRecord, GradNormStats, RunSummary
+
+__all__ = [
+    "ClippedGrad",
+    "ClippedGradFn",
+    "EpochContext",
+    "EpochRecord",
+    "FitConfig",
+    "FitResult",
+    "GradNormStats",
+    "PrivacyParams",
+    "PrivatizerState",
+    "RunSummary",
+    "TrainingDiverged",
+    "clipped_grad",
+    "fit",
+    "gaussian_privatizer",
+    "load_run",
+    "metrics",
+    "softmax_cross_entropy",
+    "split_model",
+    "tempered_sigmoid",
+]

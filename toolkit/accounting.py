@@ -27,6 +27,9 @@ it is the Gaussian mechanism's `alpha / (2 sigma^2)`. For one setting, always
 improved conversion is smaller at every order and the default orders contain the
 classic ones), so a reported eps must name its accountant.
 
+The inverse, the smallest sigma that meets a target eps, is `toolkit.calibration`
+(`calibrate_noise_multiplier`, also reachable from this module).
+
 Example (the TF Privacy tutorial: MNIST, B=256, sigma=1.1, 60 epochs):
 
 >>> q = sampling_prob_for(num_examples=60000, batch_size=256)
@@ -64,10 +67,6 @@ PLD_VALUE_DISCRETIZATION = 1e-4
 # would need 2e7 buckets and 16 s), while the coarser one keeps the relative error small
 # (measured against a 10x finer grid: ~1e-6 at eps ~ 50, 4e-4 at eps ~ 1200) in 0.03 s.
 PLD_COARSEN_ABOVE_EPSILON = 10.0
-
-# Range searched by `calibrate_noise_multiplier`: outside it eps is either astronomically
-# large (sigma < 0.01) or below what any of the accountants resolves (sigma > 1e4).
-NOISE_MULTIPLIER_SEARCH_RANGE: tuple[float, float] = (1e-2, 1e4)
 
 
 def steps_for(*, num_examples: int, batch_size: int, epochs: int) -> int:
@@ -226,64 +225,6 @@ def epsilon_curve(
     return [by_count[t] for t in counts]
 
 
-def calibrate_noise_multiplier(
-    *,
-    accountant: str,
-    target_epsilon: float,
-    sampling_prob: float,
-    steps: int,
-    delta: float,
-    rtol: float = 1e-3,
-) -> float:
-    """Smallest noise multiplier (to within `rtol`) whose eps is at most `target_epsilon`.
-
-    eps is non-increasing in sigma, so the search brackets the crossing by walking from
-    sigma = 1 within `NOISE_MULTIPLIER_SEARCH_RANGE` (see `_bracket`), then shrinks it
-    (interpolating in log-log, with bisection as a fallback; see `_refine`) until
-    ``hi / lo <= 1 + rtol`` with ``eps(lo) > target >= eps(hi)``, and returns `hi`.
-
-    Guarantee: ``epsilon(accountant, sigma) <= target_epsilon`` for the returned sigma
-    (checked before returning), and ``sigma <= (1 + rtol) sigma_min``, where `sigma_min`
-    is the smallest sigma meeting the target. With ``steps == 0`` every sigma meets it
-    and 0.0 is returned.
-
-    Args:
-        accountant: One of `ACCOUNTANTS`.
-        target_epsilon: `eps > 0` to meet.
-        sampling_prob: `q` in `(0, 1]`.
-        steps: `T >= 0`.
-        delta: `delta` in `(0, 1)`.
-        rtol: Relative tolerance on sigma, in `(0, 1)`.
-
-    Returns:
-        The noise multiplier `sigma`.
-
-    Raises:
-        ToolkitError: If an argument is out of range, if even the largest sigma searched
-            does not reach the target, or if the target is so large that the smallest
-            sigma searched already meets it.
-    """
-    _check_accountant(accountant)
-    target = _check_positive_finite("target_epsilon", target_epsilon)
-    q = _check_sampling_prob(sampling_prob)
-    t = _check_int("steps", steps, minimum=0)
-    d = _check_delta(delta)
-    if not (isinstance(rtol, numbers.Real) and 0 < rtol < 1):
-        raise ToolkitError(f"Expected rtol in (0, 1), got {rtol!r}.")
-    if t == 0:
-        return 0.0
-
-    def eps_of(sigma: float) -> float:
-        return _EPSILON[accountant](sigma, q, t, d)
-
-    setting = f"accountant={accountant}, sampling_prob={q:g}, steps={t}, delta={d:g}"
-    (lo, eps_lo), (hi, eps_hi) = _bracket(eps_of, target, setting)
-    _, sigma, eps = _refine(eps_of, target, (lo, eps_lo), (hi, eps_hi), rtol=rtol)
-    if not eps <= target:  # the documented guarantee; an `assert` would vanish under -O
-        raise AssertionError(f"calibration bug: eps({sigma}) = {eps} > {target} ({setting}).")
-    return sigma
-
-
 # --- implementation -------------------------------------------------------------------
 
 
@@ -362,98 +303,6 @@ def _pld_curve(sigma: float, q: float, counts: list[int], delta: float) -> dict[
     return result
 
 
-def _bracket(
-    eps_of: Callable[[float], float], target: float, setting: str
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """`((lo, eps(lo)), (hi, eps(hi)))` with ``eps(lo) > target >= eps(hi)``, within range.
-
-    Starts at sigma = 1; the first step assumes ``eps ~ 1/sigma`` (factor eps / target,
-    clipped to [1.02, 2]), which usually crosses the target at once; later steps double
-    or halve sigma until it is crossed or the end of `NOISE_MULTIPLIER_SEARCH_RANGE`.
-    """
-    smallest, largest = NOISE_MULTIPLIER_SEARCH_RANGE
-    sigma, eps = 1.0, eps_of(1.0)
-    factor = min(max(eps / target, target / eps if eps > 0 else 2.0, 1.02), 2.0)
-    if eps <= target:  # walk down until the target is missed
-        while True:
-            lower = max(sigma / factor, smallest)
-            eps_lower = eps_of(lower)
-            if eps_lower > target:
-                return (lower, eps_lower), (sigma, eps)
-            if lower == smallest:
-                raise ToolkitError(
-                    f"target_epsilon={target:g} is met even by noise_multiplier={smallest:g} "
-                    f"(eps={eps_lower:.4g}; {setting}); calibration searches sigma in "
-                    f"[{smallest:g}, {largest:g}], so choose a smaller target_epsilon."
-                )
-            sigma, eps, factor = lower, eps_lower, 2.0
-    while True:  # walk up until the target is met
-        higher = min(sigma * factor, largest)
-        eps_higher = eps_of(higher)
-        if eps_higher <= target:
-            return (sigma, eps), (higher, eps_higher)
-        if higher == largest:
-            raise ToolkitError(
-                f"target_epsilon={target:g} is unreachable: even noise_multiplier={largest:g} "
-                f"gives eps={eps_higher:.4g} ({setting}); use a larger target_epsilon, "
-                "delta or batch, or fewer steps."
-            )
-        sigma, eps, factor = higher, eps_higher, 2.0
-
-
-def _refine(
-    eps_of: Callable[[float], float],
-    target: float,
-    lower: tuple[float, float],
-    upper: tuple[float, float],
-    *,
-    rtol: float,
-) -> tuple[float, float, float]:
-    """Shrink a bracket until ``hi / lo <= 1 + rtol``; returns `(lo, hi, eps(hi))`.
-
-    Invariant: ``eps(lo) > target >= eps(hi)``, given as ``lower = (lo, eps(lo))`` and
-    ``upper = (hi, eps(hi))``. eps is close to a power law in sigma, so the root is
-    estimated by the secant through the last two evaluations in `(log sigma, log eps)`,
-    and the probe is that estimate moved by a factor ``1 + rtol/3`` towards the end that
-    is farther from it: when the estimate is good, that end lands just across the root
-    and, as ``(1 + rtol/3)^2 < 1 + rtol``, the next such probe ends the search. If the
-    bracket has not halved (in log) in three probes, one geometric bisection step follows,
-    so the search cannot stall.
-    """
-    (lo, eps_lo), (hi, eps_hi) = lower, upper
-    log_target, shift = math.log(target), math.log1p(rtol / 3)
-
-    def point(sigma: float, eps: float) -> tuple[float, float]:
-        return math.log(sigma), math.log(eps) if eps > 0 else -math.inf
-
-    recent = [point(lo, eps_lo), point(hi, eps_hi)]
-    last_width, stalled = math.log(hi / lo), 0
-    while hi / lo > 1 + rtol:
-        a, b = math.log(lo), math.log(hi)
-        (x1, f1), (x2, f2) = recent[-2:]
-        secant_ok = all(map(math.isfinite, (f1, f2))) and f1 != f2
-        if stalled >= 3 or not secant_ok:
-            x, stalled = 0.5 * (a + b), 0
-        else:
-            root = min(max(x2 + (log_target - f2) * (x2 - x1) / (f2 - f1), a), b)
-            x = root - shift if root - a > b - root else root + shift
-            margin = 0.01 * (b - a)
-            x = min(max(x, a + margin), b - margin)
-        sigma = math.exp(x)
-        eps = eps_of(sigma)
-        if eps <= target:
-            hi, eps_hi = sigma, eps
-        else:
-            lo, eps_lo = sigma, eps
-        recent.append(point(sigma, eps))
-        width = math.log(hi / lo)
-        if width <= 0.5 * last_width:
-            last_width, stalled = width, 0
-        else:
-            stalled += 1
-    return lo, hi, eps_hi
-
-
 _EPSILON: dict[str, Callable[[float, float, int, float], float]] = {
     "rdp": _epsilon_rdp,
     "rdp-classic": _epsilon_rdp_classic,
@@ -516,3 +365,22 @@ def _check_positive_finite(name: str, value: object) -> float:
     if not (_is_real(value) and 0 < value < math.inf):
         raise ToolkitError(f"Expected {name} > 0 and finite, got {value!r}.")
     return float(value)
+
+
+# --- re-exports -----------------------------------------------------------------------
+
+# Calibration (sigma from a target eps) lives in `toolkit.calibration`, which imports this
+# module; its names stay reachable here, imported on first use so there is no cycle.
+_CALIBRATION_NAMES = ("calibrate_noise_multiplier", "NOISE_MULTIPLIER_SEARCH_RANGE")
+
+
+def __getattr__(name: str) -> object:
+    if name in _CALIBRATION_NAMES:
+        from toolkit import calibration
+
+        return getattr(calibration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_CALIBRATION_NAMES])

@@ -335,6 +335,10 @@ def _per_example_grads(call: _Call, a: jax.Array, d: jax.Array, kernel_shape) ->
     return jnp.einsum("bktc,bto->bkco", p, d.reshape(b, -1, d.shape[-1])).reshape(b, *kernel_shape)
 
 
+def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
 def _path_of(keypath) -> tuple:
     return tuple(
         getattr(k, "key", getattr(k, "idx", None))
@@ -343,10 +347,19 @@ def _path_of(keypath) -> tuple:
     )
 
 
-def make_clipped_grad(graphdef: nnx.GraphDef, *, norm_rule: str = "mixed") -> Callable:
-    """`clipped_grad(params, x, y, weights_fn) -> (clipped_sum, norms, losses)`, traceable.
+def make_clipped_grad(
+    graphdef: nnx.GraphDef,
+    *,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    norm_rule: str = "mixed",
+) -> Callable:
+    """`clipped_grad(params, x, y, weights_fn, state=None) -> (clipped_sum, norms, losses)`.
 
-    The loss is softmax cross-entropy per example, as in `dpsgd.per_example_loss_fn`.
+    Traceable. `loss_fn(outputs, labels)` gives the (B,) per-example losses (default:
+    softmax cross-entropy with integer labels); each must depend on its own example
+    only, which `toolkit.per_example.ClippedGradFn.checked` verifies against vmap.
+    `state` is the model's non-`nnx.Param` state (`toolkit.per_example.split_model`),
+    merged back in for the forward pass and never differentiated.
 
     `weights_fn(norms) -> weights` maps the (B,) per-example gradient norms to the
     weights of the sum (clip factor times mask; rows with weight 0 contribute exact
@@ -356,33 +369,36 @@ def make_clipped_grad(graphdef: nnx.GraphDef, *, norm_rule: str = "mixed") -> Ca
     """
     if norm_rule not in NORM_RULES:
         raise ValueError(f"norm_rule={norm_rule!r}; expected one of {NORM_RULES}.")
+    loss_fn = loss_fn or _softmax_cross_entropy
 
-    def run_model(params, x, y, calls, perturb, record):
-        model = nnx.merge(graphdef, params)
+    def run_model(params, state, x, y, calls, perturb, record):
+        model = nnx.merge(graphdef, params, *([] if state is None else [state]))
         covered = _install_taps(model, calls, perturb, record)
         param_paths = {_path_of(kp) for kp, _ in jax.tree_util.tree_leaves_with_path(params)}
         if param_paths - covered:
             raise Unsupported(
                 f"parameters outside Linear/Conv layers: {sorted(param_paths - covered)}."
-            )  # noqa: E501
+            )
         logits = model(x)
         if not calls or any(c.path + ("kernel",) not in param_paths for c in calls):
             raise Unsupported(
                 "a Linear/Conv layer was called that is not a parameter of the model."
-            )  # noqa: E501
+            )
         missing = {p[:-1] for p in covered} - {c.path for c in calls}
         if missing:
             raise Unsupported(
                 f"layers never called through their contraction hook: {sorted(missing)}."
-            )  # noqa: E501
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            )
+        return loss_fn(logits, y)
 
-    def clipped_grad(params, x, y, weights_fn):
+    def clipped_grad(params, x, y, weights_fn, state=None):
         b = x.shape[0]
         # Pass 0 (shapes only): which layers, in which order, with which output shapes.
         probe: list[_Call] = []
         jax.eval_shape(
-            lambda p: run_model(p, x, y, probe, lambda i, o: 0.0, lambda a, k: None), params
+            lambda p, s: run_model(p, s, x, y, probe, lambda i, o: 0.0, lambda a, k: None),
+            params,
+            state,
         )
         for c in probe:
             if c.out.shape[0] != b:
@@ -390,16 +406,18 @@ def make_clipped_grad(graphdef: nnx.GraphDef, *, norm_rule: str = "mixed") -> Ca
 
         calls: list[_Call] = []
 
-        def forward(zs):
+        # `state` is an input of the vjp, not a closure: NNX refuses to mutate a variable
+        # (dropout's RngCount) merged from a value of another trace level.
+        def forward(zs, state):
             operands = []
             losses = run_model(
-                params, x, y, calls, lambda i, o: zs[i], lambda a, k: operands.append((a, k))
+                params, state, x, y, calls, lambda i, o: zs[i], lambda a, k: operands.append((a, k))
             )
             return losses, operands
 
         zeros = [jnp.zeros(c.out.shape, c.out.dtype) for c in probe]
-        losses, backward, operands = jax.vjp(forward, zeros, has_aux=True)
-        (grads_out,) = backward(jnp.ones_like(losses))
+        losses, backward, operands = jax.vjp(forward, zeros, state, has_aux=True)
+        grads_out, _ = backward(jnp.ones_like(losses))
 
         # Norms and sums in full float32 precision on every backend (no TF32 on GPU): the
         # clip bound holds only if each norm matches the gradient it scales to rounding.

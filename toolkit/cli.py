@@ -7,16 +7,13 @@ traceback.
 
 from __future__ import annotations
 
-import functools
-import sys
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from toolkit.cli_errors import one_line_errors
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(
@@ -26,29 +23,6 @@ app = typer.Typer(
     help="DP-SGD with tempered sigmoid activations: training, accounting and clipping-bias theory.",
 )
 console = Console(soft_wrap=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    print(f"error: {message}", file=sys.stderr)
-    return typer.Exit(code)
-
-
-def one_line_errors(fn: Callable) -> Callable:
-    """Turn ToolkitError into `error: ...` on stderr and exit 2 (3 for a diverged run)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from toolkit.train import TrainingDiverged
-
-        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        try:
-            return fn(*args, **kwargs)
-        except TrainingDiverged as e:
-            raise _fail(str(e), 3) from None
-        except ToolkitError as e:
-            raise _fail(str(e)) from None
-
-    return wrapper
 
 
 @app.command()
@@ -87,56 +61,43 @@ def train(
     """Train a paper CNN with DP-SGD (or without privacy) and record the run."""
     from toolkit import config as config_lib
     from toolkit import train as train_lib
-    from toolkit.activations import ActivationSpec
 
     if resume is not None:
-        summary, _ = train_lib.resume(resume, progress=not quiet)
-        _print_summary(summary, resume)
+        result = train_lib.resume(resume, progress=not quiet)
+        _print_summary(result.summary, resume)
         return
-    settings = config_lib.preset(preset) if preset else {}
-    given = {
+    flags = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size,
         "max_physical_batch": max_physical_batch, "per_example": per_example,
         "optimizer": optimizer, "lr": lr,
         "momentum": momentum, "clip_norm": clip_norm, "clipping": clipping,
+        "noise_multiplier": noise_multiplier, "target_epsilon": target_epsilon,
         "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
         "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
     }  # fmt: skip
-    settings.update({k: v for k, v in given.items() if v is not None})
-    if noise_multiplier is not None or target_epsilon is not None:
-        settings["noise_multiplier"], settings["target_epsilon"] = noise_multiplier, target_epsilon
-    if (
-        activation is not None
-        or scale is not None
-        or inverse_temp is not None
-        or offset is not None
-    ):
-        base = settings.get("activation", config_lib.TrainConfig.activation)
-        spec = {"name": activation or base.name, "scale": scale, "inverse_temp": inverse_temp,
-                "offset": offset}  # fmt: skip
-        if spec["name"] != "tempered" and any(v is not None for v in (scale, inverse_temp, offset)):
-            raise ToolkitError(
-                f"--scale/--inverse-temp/--offset apply to --activation tempered, not {spec['name']!r}."  # noqa: E501
+    cfg = config_lib.from_flags(
+        flags, preset_name=preset, activation=activation, scale=scale,
+        inverse_temp=inverse_temp, offset=offset, no_privacy=no_privacy,
+    )  # fmt: skip
+    result = train_lib.train(cfg, out=out, progress=not quiet)
+    _print_summary(result.summary, out)
+
+
+def _print_summary(summary, out: Path | None) -> None:
+    table = Table(title=f"{summary.dataset} / {summary.activation}", show_header=False)
+    table.add_row("test accuracy", f"{summary.metrics['test_accuracy']:.4f}")
+    if summary.private:
+        table.add_row("noise multiplier", f"{summary.noise_multiplier:.4f}")
+        for name, eps in summary.epsilon.items():
+            shown = (
+                "inf (sigma = 0: no guarantee)"
+                if eps is None or eps == float("inf")
+                else f"{eps:.3f}"
             )
-        settings["activation"] = ActivationSpec(**{k: v for k, v in spec.items() if v is not None})
-    if no_privacy:
-        settings["private"] = False
-    cfg = config_lib.TrainConfig(**settings)
-    summary, _ = train_lib.train(cfg, out=out, progress=not quiet)
-    _print_summary(summary, out)
-
-
-def _print_summary(summary: dict, out: Path | None) -> None:
-    table = Table(title=f"{summary['dataset']} / {summary['activation']}", show_header=False)
-    table.add_row("test accuracy", f"{summary['test_accuracy']:.4f}")
-    if summary["private"]:
-        table.add_row("noise multiplier", f"{summary['noise_multiplier']:.4f}")
-        for name, eps in summary["epsilon"].items():
-            shown = "inf (sigma = 0: no guarantee)" if eps is None else f"{eps:.3f}"
-            table.add_row(f"eps ({name})", f"{shown} at delta={summary['delta']:g}")
-    table.add_row("privacy", summary["privacy"])
-    table.add_row("per-class acc. std", f"{summary['per_class_accuracy_std']:.4f}")
-    table.add_row("train time", f"{summary['train_time_s']:.1f} s")
+            table.add_row(f"eps ({name})", f"{shown} at delta={summary.delta:g}")
+    table.add_row("privacy", summary.privacy)
+    table.add_row("per-class acc. std", f"{summary.metrics['per_class_accuracy_std']:.4f}")
+    table.add_row("train time", f"{summary.train_time_s:.1f} s")
     if out is not None:
         table.add_row("run directory", str(out))
     console.print(table)

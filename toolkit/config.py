@@ -118,13 +118,13 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(
         cfg.dataset in DATASETS,
         f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.",
-    )  # noqa: E501
+    )
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1.")
     _require(0 <= cfg.seed < 2**63, f"seed={cfg.seed} must be in [0, 2**63).")  # numpy, jax keys
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1.")
     _require(
         cfg.max_physical_batch >= 1, f"max_physical_batch={cfg.max_physical_batch} must be >= 1."
-    )  # noqa: E501
+    )
     _require(
         cfg.per_example in IMPLEMENTATIONS,
         f"per_example={cfg.per_example!r} is unknown; "
@@ -133,31 +133,31 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(
         cfg.optimizer in OPTIMIZERS,
         f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",
-    )  # noqa: E501
+    )
     _require(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr} must be finite and > 0.")
     _require(0 <= cfg.momentum < 1, f"momentum={cfg.momentum} must be in [0, 1).")
     _require(
         cfg.clipping in CLIPPING_RULES,
         f"clipping={cfg.clipping!r} is unknown; expected one of {', '.join(CLIPPING_RULES)}.",
-    )  # noqa: E501
+    )
     _require(cfg.clip_norm > 0, f"clip_norm={cfg.clip_norm} must be > 0.")
     _require(
         math.isfinite(cfg.gamma) and cfg.gamma > 0, f"gamma={cfg.gamma} must be finite and > 0."
-    )  # noqa: E501
+    )
     _require(
         cfg.sampling in SAMPLINGS,
         f"sampling={cfg.sampling!r} is unknown; expected one of {', '.join(SAMPLINGS)}.",
-    )  # noqa: E501
+    )
     _require(
         cfg.accountant in accounting.ACCOUNTANTS,
         f"accountant={cfg.accountant!r} is unknown; "
         f"expected one of {', '.join(accounting.ACCOUNTANTS)}.",
-    )  # noqa: E501
+    )
     _require(0 < cfg.delta < 1, f"delta={cfg.delta} must be in (0, 1).")
     _require(
         cfg.limit_train is None or cfg.limit_train >= 1,
         f"limit_train={cfg.limit_train} must be >= 1.",
-    )  # noqa: E501
+    )
     if cfg.private:
         _require(
             (cfg.noise_multiplier is None) != (cfg.target_epsilon is None),
@@ -168,7 +168,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
             _require(
                 math.isfinite(cfg.noise_multiplier) and cfg.noise_multiplier >= 0,
                 f"noise_multiplier={cfg.noise_multiplier} must be finite and >= 0.",
-            )  # noqa: E501
+            )
         # Also with a target eps: noise sigma * C would be infinite (flat clipping).
         _require(
             math.isfinite(cfg.clip_norm),
@@ -181,7 +181,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
             cfg.batch_size <= num_examples,
             f"batch_size={cfg.batch_size} must be <= the number of training examples "
             f"({num_examples}).",
-        )  # noqa: E501
+        )
         if cfg.private and cfg.delta >= 1 / num_examples:
             warnings.warn(
                 f"delta={cfg.delta} >= 1/N = {1 / num_examples:.3g}: such a delta permits "
@@ -208,3 +208,49 @@ def resolve(cfg: TrainConfig, *, num_examples: int) -> TrainConfig:
         delta=cfg.delta,
     )
     return dataclasses.replace(cfg, noise_multiplier=sigma)
+
+
+def from_flags(
+    flags: dict[str, Any],
+    *,
+    preset_name: str | None = None,
+    base: dict[str, Any] | None = None,
+    activation: str | None = None,
+    scale: float | None = None,
+    inverse_temp: float | None = None,
+    offset: float | None = None,
+    no_privacy: bool = False,
+) -> TrainConfig:
+    """A `TrainConfig` from command-line flags: `base` < preset < flags (None = not given).
+
+    `noise_multiplier` and `target_epsilon` replace the preset's pair together (a preset
+    that calibrates to an eps and a flag sigma would otherwise conflict). The tempered
+    sigmoid's `scale`, `inverse_temp` and `offset` apply to `activation` tempered only.
+    """
+    settings = {**(base or {}), **(preset(preset_name) if preset_name else {})}
+    pair = ("noise_multiplier", "target_epsilon")
+    given = {k: v for k, v in flags.items() if v is not None and k not in pair}
+    settings.update(given)
+    if any(flags.get(k) is not None for k in pair):
+        settings.update({k: flags.get(k) for k in pair})
+    shape = {"scale": scale, "inverse_temp": inverse_temp, "offset": offset}
+    if activation is not None or any(v is not None for v in shape.values()):
+        current = settings.get("activation", TrainConfig.activation)
+        if isinstance(current, str):
+            current = ActivationSpec(current)
+        name = activation or current.name
+        if name != "tempered" and any(v is not None for v in shape.values()):
+            raise ToolkitError(
+                f"--scale/--inverse-temp/--offset apply to --activation tempered, not {name!r}."
+            )
+        try:
+            settings["activation"] = ActivationSpec(
+                name, **{k: v for k, v in shape.items() if v is not None}
+            )
+        except ValueError as e:  # ActivationSpec validates with ValueError
+            raise ToolkitError(str(e)) from None
+    elif isinstance(settings.get("activation"), str):
+        settings["activation"] = ActivationSpec(settings["activation"])
+    if no_privacy:
+        settings["private"] = False
+    return TrainConfig(**settings)

@@ -47,10 +47,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
-
-
-def atomic_append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line by rewriting the whole file atomically (files here are small)."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    atomic_write_text(path, old + line.rstrip("\n") + "\n")

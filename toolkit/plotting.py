@@ -9,9 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen on the machines this runs on
 
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from toolkit.io import atomic_write_bytes  # noqa: E402
+from toolkit.io import atomic_write_bytes
 
 # Paper-figure size: one column of a two-column paper is about 3.3 in wide.
 PAPER_RC = {

@@ -1,9 +1,14 @@
 """The run directory: the complete, reproducible record of one training run.
 
-    DIR/config.json     every setting (resolved: the calibrated sigma), seed, provenance
-    DIR/epochs.jsonl    one JSON object per finished epoch
-    DIR/summary.json    the final record (written when the run ends)
-    DIR/checkpoint.npz  params, optimizer state, PRNG key, step, epoch history
+    DIR/config.json     every setting (resolved: the calibrated sigma), seed, provenance,
+                        "kind" ("train": a `toolkit train` run; "fit": `toolkit.fit`)
+    DIR/epochs.jsonl    one `records.EpochRecord` per finished epoch
+    DIR/summary.json    the `records.RunSummary` (written when the run ends)
+    DIR/checkpoint.npz  params, model state and optimizer state, each array named by its
+                        path in the tree ("params/conv1/kernel"), PRNG key, step, history
+
+This module is the only place where records become JSON and back (`record_to_json`,
+`record_from_json`), and where checkpoints are written and read.
 
 Every file is written atomically (toolkit.io). The checkpoint is the source of
 truth for progress: on resume, epochs.jsonl is rewritten from the history it
@@ -15,10 +20,10 @@ the whole sampler and PRNG state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import subprocess
@@ -31,9 +36,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from toolkit.config import TrainConfig
 from toolkit.errors import ToolkitError
 from toolkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from toolkit.records import (
+    AuditRecord,
+    EpochRecord,
+    GradNormStats,
+    RecordError,
+    RunSummary,
+    jsonable,
+)
 
 CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
     "config.json",
@@ -41,10 +53,13 @@ CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
     "summary.json",
     "checkpoint.npz",
 )
+# Version of the checkpoint layout. 1: leaves "leaf_0..N" of (params, opt_state), no model
+# state, no privatizer state (before the library API); 2: arrays named by tree path.
+CHECKPOINT_FORMAT = 2
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "dp-accounting", "numpy", "scipy")
 
 
-def config_hash(cfg: TrainConfig) -> str:
+def config_hash(cfg: Any) -> str:
     """Identity of a configuration (data_dir excluded: where the data lives is not a setting)."""
     d = cfg.to_dict()
     d.pop("data_dir", None)
@@ -127,10 +142,16 @@ def remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def write_config(out: Path, cfg: TrainConfig, extra: dict[str, Any]) -> None:
-    """Create `out` and write config.json; on failure leave no empty `out` behind."""
+def write_config(out: Path, cfg: Any, extra: dict[str, Any], *, kind: str = "train") -> None:
+    """Create `out` and write config.json; on failure leave no empty `out` behind.
+
+    `cfg` is a `TrainConfig` (kind "train") or an `api.FitConfig` (kind "fit").
+    """
     created = not out.exists()
-    record = {"config": cfg.to_dict(), "config_hash": config_hash(cfg), **extra}
+    record = {
+        "config": cfg.to_dict(), "config_hash": config_hash(cfg), "kind": kind,
+        "format": CHECKPOINT_FORMAT, **extra,
+    }  # fmt: skip
     try:
         with _writing(out):
             out.mkdir(parents=True, exist_ok=True)
@@ -152,32 +173,126 @@ def read_config(out: Path) -> dict[str, Any]:
         raise ToolkitError(f"{path} is corrupt ({e}); the run cannot be resumed.") from None
 
 
-def write_epochs(out: Path, history: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
+def write_epochs(out: Path, history: list[EpochRecord]) -> None:
+    text = "".join(json.dumps(record_to_json(r), sort_keys=True) + "\n" for r in history)
     with _writing(out):
         atomic_write_text(out / EPOCHS, text)
 
 
-def read_epochs(out: Path) -> list[dict[str, Any]]:
+def read_epochs(out: Path) -> list[EpochRecord]:
     path = out / EPOCHS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().splitlines()
+        return [
+            record_from_json(EpochRecord, json.loads(line), where=f"{path} line {i + 1}")
+            for i, line in enumerate(lines)
+            if line.strip()
+        ]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path} is corrupt ({e}).") from None
 
 
-def write_summary(out: Path, summary: dict[str, Any]) -> None:
+def write_summary(out: Path, summary: RunSummary) -> None:
     with _writing(out):
-        atomic_write_json(out / SUMMARY, summary)
+        atomic_write_json(out / SUMMARY, record_to_json(summary))
+
+
+def read_summary(out: Path) -> RunSummary | None:
+    """The run's summary, or None while the run is unfinished."""
+    path = out / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        return record_from_json(RunSummary, json.loads(path.read_text()), where=str(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path} is corrupt ({e}).") from None
+
+
+def write_audit(path: Path, record: AuditRecord) -> None:
+    atomic_write_json(path, record_to_json(record))
+
+
+def read_audit(path: Path) -> AuditRecord:
+    try:
+        return record_from_json(AuditRecord, json.loads(path.read_text()), where=str(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path} is corrupt ({e}).") from None
+
+
+_NESTED = {"grad_norm": GradNormStats}
+
+
+def record_to_json(record: Any) -> dict[str, Any]:
+    """A record as the flat JSON object of its file; `metrics` keys join the top level."""
+    d = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name == "metrics":
+            continue
+        d[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    for k, v in getattr(record, "metrics", {}).items():
+        if k in d:
+            raise ToolkitError(f"metric {k!r} has the name of a record field; rename it.")
+        d[k] = v
+    return jsonable(d)
+
+
+def record_from_json(cls: type, d: Any, *, where: str) -> Any:
+    """Inverse of `record_to_json`; a missing field raises RecordError naming `where`."""
+    if not isinstance(d, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [
+        n for n, f in fields.items()
+        if n != "metrics" and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]  # fmt: skip
+    missing = [n for n in required if n not in d]
+    if missing:
+        raise RecordError(
+            f"{where} lacks {', '.join(missing)}: not a {cls.__name__} of this toolkit "
+            f"(checkpoint format {CHECKPOINT_FORMAT}) or a torn write."
+        )
+    kwargs = {n: d[n] for n in fields if n in d and n != "metrics"}
+    for name, nested in _NESTED.items():
+        if name in kwargs:
+            try:
+                kwargs[name] = nested(**kwargs[name])
+            except TypeError as e:
+                raise RecordError(f"{where}: field {name} is malformed ({e}).") from None
+    if "metrics" in fields:
+        kwargs["metrics"] = {k: v for k, v in d.items() if k not in fields}
+    return cls(**kwargs)
+
+
+def _named(tree) -> dict[str, np.ndarray]:
+    """{"params/conv1/kernel": array, ...}: every leaf named by its path in the tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    out = {}
+    for path, leaf in leaves:
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                        for k in path)  # fmt: skip
+        out[name] = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+    return out
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def save_checkpoint(
-    out: Path, *, params, opt_state, key: jax.Array, step: int, epoch: int,
-    history: list[dict[str, Any]], cfg_hash: str,
+    out: Path, *, params, opt_state, state=None, key: jax.Array, step: int, epoch: int,
+    history: list[EpochRecord], cfg_hash: str,
 ) -> None:  # fmt: skip
-    """Atomically write params, optimizer state, PRNG key, counters and history."""
-    leaves = jax.tree.leaves((params, opt_state))
-    meta = {"step": step, "epoch": epoch, "config_hash": cfg_hash, "history": history}
-    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    """Atomically write params, model state, optimizer state, PRNG key, counters, history."""
+    tree = {"params": params, "opt_state": opt_state, "state": state}
+    meta = {
+        "format": CHECKPOINT_FORMAT, "step": step, "epoch": epoch, "config_hash": cfg_hash,
+        "history": [record_to_json(r) for r in history],
+    }  # fmt: skip
+    arrays = {f"tree/{k}": v for k, v in _named(tree).items()}
     arrays["key"] = np.asarray(jax.random.key_data(key))
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -186,38 +301,83 @@ def save_checkpoint(
         atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
 
 
-def load_checkpoint(out: Path, *, params, opt_state, cfg_hash: str):
-    """Restore into the structure of `(params, opt_state)`: (params, opt_state, key, meta)."""
+def load_checkpoint(out: Path, *, params, opt_state, state=None, cfg_hash: str | None):
+    """Restore into the structure of the templates: `(params, opt_state, state, key, meta)`.
+
+    Arrays are matched by their path in the tree, so a template of another structure is
+    refused with the first path that differs. `cfg_hash=None` skips the config check.
+    A format-1 checkpoint (before the library API) restores `params` only, with
+    `opt_state` and `state` returned as None: it can be evaluated, not resumed.
+    """
     path = out / CHECKPOINT
     bad = f"{path} is corrupt or incomplete; delete the run directory and start again"
     try:
         with np.load(path) as z:
             meta = json.loads(z["meta"].tobytes().decode())
-            template, treedef = jax.tree.flatten((params, opt_state))
-            leaves = [z[f"leaf_{i}"] for i in range(len(template))]
-            key = jax.random.wrap_key_data(z["key"])
+            arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise ToolkitError(f"--resume={out} has no {CHECKPOINT}; nothing to resume.") from None
+        raise ToolkitError(f"{out} has no {CHECKPOINT}; nothing to restore.") from None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise ToolkitError(f"{bad} ({type(e).__name__}).") from None
-    if meta.get("config_hash") != cfg_hash:
+    if cfg_hash is not None and meta.get("config_hash") != cfg_hash:
         raise ToolkitError(
             f"{path} belongs to a different configuration (hash {meta.get('config_hash')} != "
             f"{cfg_hash}); resume with the run directory that wrote it."
         )
-    for old, new in zip(template, leaves):
-        if old.shape != new.shape or old.dtype != new.dtype:
-            raise ToolkitError(f"{bad} (array {new.shape} {new.dtype} != {old.shape} {old.dtype}).")
-    restored = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in leaves])
-    return restored[0], restored[1], key, meta
+    fmt = meta.get("format", 1)
+    meta["history"] = [
+        record_from_json(EpochRecord, r, where=f"{path} history") for r in meta.get("history", [])
+    ]
+    key = jax.random.wrap_key_data(arrays["key"])
+    if fmt == 1:  # leaf_0..: the params' leaves come first
+        leaves, treedef = jax.tree.flatten(params)
+        restored = _restore(treedef, leaves, [arrays.get(f"leaf_{i}") for i in range(len(leaves))],
+                            [f"leaf_{i}" for i in range(len(leaves))], bad)  # fmt: skip
+        return restored, None, None, key, meta
+    if fmt != CHECKPOINT_FORMAT:
+        raise RecordError(
+            f"{path} has checkpoint format {fmt}; this toolkit reads formats 1 and "
+            f"{CHECKPOINT_FORMAT}."
+        )
+    tree = {"params": params, "opt_state": opt_state, "state": state}  # None: not restored
+    leaves, treedef = jax.tree.flatten(tree)
+    names = [f"tree/{n}" for n in _named(tree)]
+    restored = _restore(treedef, leaves, [arrays.get(n) for n in names], names, bad)
+    return restored["params"], restored["opt_state"], restored["state"], key, meta
 
 
-def jsonable(x: Any) -> Any:
-    """Floats that JSON can hold: inf and NaN become None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [jsonable(v) for v in x]
-    return x
+def _restore(treedef, template, arrays, names, bad):
+    new = []
+    for old, arr, name in zip(template, arrays, names, strict=True):
+        if arr is None:
+            raise ToolkitError(f"{bad} (no array {name}: was it written for another model?).")
+        if _is_key(old):
+            if arr.shape != jax.random.key_data(old).shape:
+                raise ToolkitError(f"{bad} (key {name} has shape {arr.shape}).")
+            new.append(jax.random.wrap_key_data(arr, impl=jax.random.key_impl(old)))
+            continue
+        if old.shape != arr.shape or old.dtype != arr.dtype:
+            raise ToolkitError(
+                f"{bad} (array {name} is {arr.shape} {arr.dtype}, the model has "
+                f"{old.shape} {old.dtype}: another model?)."
+            )
+        new.append(jax.numpy.asarray(arr))
+    return jax.tree.unflatten(treedef, new)
+
+
+def epoch_writer(out: Path, *, key: jax.Array, state, cfg_hash: str, steps_per_epoch: int):
+    """`on_epoch_end(params, opt_state, history)` for `toolkit.loop`: checkpoint, then epochs.
+
+    The checkpoint comes first: it holds the history too, so a kill between the two
+    writes loses nothing (resume rewrites epochs.jsonl from it).
+    """
+
+    def on_epoch_end(params, opt_state, history: list[EpochRecord]) -> None:
+        epoch = history[-1].epoch
+        save_checkpoint(
+            out, params=params, opt_state=opt_state, state=state, key=key,
+            step=epoch * steps_per_epoch, epoch=epoch, history=history, cfg_hash=cfg_hash,
+        )  # fmt: skip
+        write_epochs(out, history)
+
+    return on_epoch_end

@@ -1,0 +1,302 @@
+"""Per-example clipped gradients of any Flax NNX model and per-example loss.
+
+For a batch of examples (x_i, y_i) with weights w_i (1, or 0 for padding rows):
+
+    g_i  = grad_theta loss_fn(model_theta(x_i), y_i)       per example
+    sum  = sum_i w_i clip(g_i)                              toolkit.clipping (flat or automatic)
+
+`ClippedGradFn(params, state, x, y, mask)` returns that sum together with the pre-clip
+norms ||g_i|| and the losses. Its `sensitivity` is the most one example can move the sum:
+C under flat clipping, 1 under automatic clipping (norms g / (||g|| + gamma) < 1). It is
+the part of DP-SGD that touches examples; noise goes on its output
+(`toolkit.privatizer`), and nothing may rescale the sum before that.
+
+Two implementations give the same sum to float32 rounding:
+  bookkeeping: one batched backward pass, per-layer norms (`toolkit.bookkeeping`),
+               for models of nnx.Linear / nnx.Conv layers;
+  vmap:        `jax.vmap(jax.grad(loss))` over examples, the reference; any model.
+`implementation="auto"` takes book-keeping when `checked` finds that it agrees with vmap
+on real examples, vmap otherwise.
+
+Models with state besides `nnx.Param` work: the state is passed through unchanged and
+never trained. PRNG keys in it (nnx.Dropout's stream) are folded with the `rng` data of
+each call, and under vmap also with the example's row, so masks differ between steps and
+examples and are a function of (seed, step) only. A layer that mixes the examples of a
+batch (BatchNorm) has no per-example gradient: `check_model` refuses it.
+
+Compare `jax_privacy.clipped_grad` (a loss of (params, batch) -> clipped mean or sum)
+and Opacus' `GradSampleModule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from toolkit import bookkeeping
+from toolkit import clipping as clip_lib
+from toolkit.errors import ToolkitError
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+# How per-example gradients are clipped; all give the same clipped sum to float32 rounding.
+IMPLEMENTATIONS = ("auto", "bookkeeping", "vmap")
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels: (B, k), (B,) -> (B,)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+class ClippedGrad(NamedTuple):
+    """What one call returns. Padded rows of `norms` and `losses` are junk (use the mask)."""
+
+    clipped_sum: Any  # pytree like params: sum_i w_i clip(g_i), weights 0 on padding rows
+    norms: jax.Array  # (B,) pre-clip ||g_i||; NaN/inf: that example's gradient was dropped
+    losses: jax.Array  # (B,) per-example losses
+
+
+def check_model(model: nnx.Module) -> None:
+    """Refuse layers that mix the examples of a batch (they break per-example privacy)."""
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.BatchNorm):
+            where = "/".join(map(str, path)) or "the model"
+            raise ToolkitError(
+                f"layer {where} is BatchNorm: it normalises each example with statistics of "
+                "the whole batch, so no per-example gradient (and no per-example privacy) "
+                "exists; use nnx.GroupNorm or nnx.LayerNorm."
+            )
+    if jax.tree.leaves(nnx.state(model, nnx.BatchStat)):
+        raise ToolkitError(
+            "the model holds nnx.BatchStat variables (batch statistics mix examples, which "
+            "breaks per-example privacy); use nnx.GroupNorm or nnx.LayerNorm."
+        )
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """`(graphdef, params, state)`: the trainable `nnx.Param`s and everything else."""
+    check_model(model)
+    return nnx.split(model, nnx.Param, ...)
+
+
+def _fold(state: Any, data: jax.Array | None) -> Any:
+    """Fold `data` (integers) into every PRNG key in `state`; other leaves unchanged."""
+    if data is None or state is None:
+        return state
+
+    def fold(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            for d in jnp.atleast_1d(data):
+                x = jax.random.fold_in(x, d)
+        return x
+
+    return jax.tree.map(fold, state)
+
+
+def merge(graphdef: nnx.GraphDef, params: Any, state: Any = None, rng: Any = None) -> nnx.Module:
+    """The model with `params` and `state` (its PRNG keys folded with `rng`, if given)."""
+    state = _fold(state, rng)
+    return nnx.merge(graphdef, params, *([] if state is None else [state]))
+
+
+def per_example_loss_fn(graphdef: nnx.GraphDef, loss_fn: LossFn | None = None) -> Callable:
+    """`loss(params, x, y, state=None, rng=None)` for ONE example (x without batch axis)."""
+    loss_fn = loss_fn or softmax_cross_entropy
+
+    def loss(params, x: jax.Array, y: jax.Array, state=None, rng=None) -> jax.Array:
+        outputs = merge(graphdef, params, state, rng)(x[None])
+        return loss_fn(outputs, y[None])[0]
+
+    return loss
+
+
+def per_example_grads_fn(graphdef: nnx.GraphDef, loss_fn: LossFn | None = None) -> Callable:
+    """`(params, x, y, state=None, rng=None) -> (losses, grads)` per example, by jax.vmap.
+
+    The reference path. Example i's PRNG keys are folded with `rng` and then with i.
+    """
+    one = jax.value_and_grad(per_example_loss_fn(graphdef, loss_fn))
+
+    def grads(params, x, y, state=None, rng=None):
+        rows = jnp.arange(x.shape[0], dtype=jnp.uint32)
+        if rng is None:
+            rng = jnp.zeros((0,), jnp.uint32)
+
+        def row(xi, yi, i):
+            data = jnp.concatenate([jnp.atleast_1d(rng).astype(jnp.uint32), i[None]])
+            return one(params, xi, yi, state, data)
+
+        return jax.vmap(row)(x, y, rows)
+
+    return grads
+
+
+@dataclasses.dataclass(frozen=True)
+class ClippedGradFn:
+    """`fn(params, state, x, y, mask=None, rng=None) -> ClippedGrad`, traceable (jit it).
+
+    Build with `clipped_grad`. `state` is the non-Param state from `split_model` (None or
+    empty for a model without any); `rng` (integers, e.g. [step, chunk]) is folded into
+    its PRNG keys; `mask` (B,) bool marks real rows (padding rows contribute zeros).
+    """
+
+    graphdef: nnx.GraphDef
+    loss_fn: LossFn
+    clipping: str
+    clip_norm: float
+    gamma: float
+    implementation: str
+    norm_rule: str = "mixed"
+
+    @property
+    def sensitivity(self) -> float:
+        """L2 sensitivity of the clipped sum (add/remove one example): C flat, 1 automatic."""
+        return clip_lib.sensitivity(clipping=self.clipping, clip_norm=self.clip_norm)
+
+    def weights(self, norms: jax.Array, mask: jax.Array | None) -> jax.Array:
+        factors = clip_lib.clip_factors(
+            norms, clipping=self.clipping, clip_norm=self.clip_norm, gamma=self.gamma
+        )
+        return factors if mask is None else jnp.where(mask, factors, 0.0)
+
+    def __call__(self, params, state, x, y, mask=None, rng=None) -> ClippedGrad:
+        def weights_fn(norms):
+            return self.weights(norms, mask)
+
+        if self.implementation != "vmap":
+            fast = bookkeeping.make_clipped_grad(
+                self.graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule
+            )
+            try:  # decided once, while tracing
+                out = ClippedGrad(*fast(params, x, y, weights_fn, state=_fold(state, rng)))
+                return _checked_shapes(out, x)
+            except bookkeeping.Unsupported:
+                if self.implementation == "bookkeeping":
+                    raise
+        losses, grads = per_example_grads_fn(self.graphdef, self.loss_fn)(params, x, y, state, rng)
+        norms = clip_lib.per_example_norms(grads)
+        out = ClippedGrad(clip_lib.clipped_sum(grads, weights_fn(norms)), norms, losses)
+        return _checked_shapes(out, x)
+
+    def checked(self, params, state, x: jax.Array, y: jax.Array) -> ClippedGradFn:
+        """This function with `implementation` fixed to the path that is right for the model.
+
+        Book-keeping assumes what it cannot check while tracing: examples do not interact
+        inside the model or the loss, and each kernel is used only by its own layer. So
+        besides its trace-time checks, it must give the reference (vmap) per-example norms
+        on the first 3 examples of `x`. `auto` falls back to vmap when it does not; an
+        explicit `bookkeeping` raises ToolkitError. Run once, before training. Models with
+        PRNG state are compared in evaluation mode (`model.eval()`: dropout off).
+        """
+        _check_loss_shape(self, params, state, x[:3], y[:3])
+        if self.implementation == "vmap":
+            return self
+        x, y = x[:3], y[:3]
+        graphdef, state = _deterministic(self.graphdef, params, state)
+        fast = bookkeeping.make_clipped_grad(
+            graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule
+        )
+        try:
+            _, norms, _ = jax.jit(lambda p: fast(p, x, y, jnp.ones_like, state=state))(params)
+        except bookkeeping.Unsupported as e:
+            if self.implementation == "bookkeeping":
+                raise ToolkitError(
+                    f"per_example='bookkeeping' cannot run this model: {e}"
+                ) from None
+            return dataclasses.replace(self, implementation="vmap")
+        _, grads = jax.jit(per_example_grads_fn(graphdef, self.loss_fn))(params, x, y, state)
+        ref = np.asarray(clip_lib.per_example_norms(grads))
+        norms = np.asarray(norms)
+        # Equal to rounding, plus the ghost norms' rounding slack (<= 2e-4 on the paper's CNNs).
+        if np.allclose(norms, ref, rtol=1e-3, atol=0.0, equal_nan=True):
+            return dataclasses.replace(self, implementation="bookkeeping")
+        if self.implementation == "bookkeeping":
+            raise ToolkitError(
+                f"per_example='bookkeeping' gives per-example gradient norms {norms} where "
+                f"vmap gives {ref} (examples interacting inside the model or the loss, or a "
+                "shared kernel?); use per_example='auto' or 'vmap'."
+            )
+        return dataclasses.replace(self, implementation="vmap")
+
+
+def clipped_grad(
+    graphdef: nnx.GraphDef,
+    *,
+    loss_fn: LossFn | None = None,
+    clipping: str = "flat",
+    clip_norm: float,
+    gamma: float = 0.01,
+    implementation: str = "auto",
+    norm_rule: str = "mixed",
+) -> ClippedGradFn:
+    """The per-example clipped-gradient function of a split model and a per-example loss.
+
+    Args:
+        graphdef: From `split_model(model)`.
+        loss_fn: `loss_fn(outputs, labels) -> (B,)` per-example losses; default softmax
+            cross-entropy with integer labels.
+        clipping: "flat" (g min(1, C/||g||)) or "automatic" (g / (||g|| + gamma)).
+        clip_norm: C, > 0 (inf: no clipping, no DP bound).
+        gamma: Automatic clipping's stabiliser.
+        implementation: "auto", "bookkeeping" or "vmap" (speed only, see module doc).
+        norm_rule: Book-keeping's per-layer choice ("mixed", "ghost", "materialise").
+
+    Returns:
+        A `ClippedGradFn`; call `.checked(params, state, x, y)` once on real examples.
+    """
+    if clipping not in clip_lib.CLIPPING_RULES:
+        raise ToolkitError(
+            f"clipping={clipping!r} is unknown; "
+            f"expected one of {', '.join(clip_lib.CLIPPING_RULES)}."
+        )
+    if not clip_norm > 0:
+        raise ToolkitError(f"clip_norm={clip_norm} must be > 0.")
+    if implementation not in IMPLEMENTATIONS:
+        raise ToolkitError(
+            f"implementation={implementation!r} is unknown; "
+            f"expected one of {', '.join(IMPLEMENTATIONS)}."
+        )
+    return ClippedGradFn(
+        graphdef, loss_fn or softmax_cross_entropy, clipping, clip_norm, gamma, implementation,
+        norm_rule,
+    )  # fmt: skip
+
+
+def _checked_shapes(out: ClippedGrad, x: jax.Array) -> ClippedGrad:
+    if out.losses.shape != (x.shape[0],):
+        raise ToolkitError(
+            f"loss_fn returned shape {out.losses.shape} for a batch of {x.shape[0]}; it must "
+            "return one loss per example, shape (batch,)."
+        )
+    return out
+
+
+def _check_loss_shape(fn: ClippedGradFn, params, state, x, y) -> None:
+    """Trace one call on a few examples: a loss of the wrong shape fails here, in one line."""
+    try:
+        out = jax.eval_shape(lambda p, s: fn.loss_fn(merge(fn.graphdef, p, s)(x), y), params, state)
+    except ToolkitError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ToolkitError(
+            f"the model or loss_fn failed on a batch of training data: {e}"
+        ) from None
+    if getattr(out, "shape", None) != (x.shape[0],):
+        raise ToolkitError(
+            f"loss_fn returned shape {getattr(out, 'shape', type(out))} for a batch of "
+            f"{x.shape[0]}; it must return one loss per example, shape (batch,)."
+        )
+
+
+def _deterministic(graphdef, params, state) -> tuple[nnx.GraphDef, Any]:
+    """The model in evaluation mode (dropout off), split again: for comparing the two paths."""
+    model = merge(graphdef, params, state)
+    model.eval()
+    graphdef, _, state = nnx.split(model, nnx.Param, ...)
+    return graphdef, state

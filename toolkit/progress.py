@@ -1,0 +1,111 @@
+"""Progress display for the training loop, kept apart from the loop itself.
+
+The loop calls `start(total, completed)`, `step(description)` after every step and
+`epoch(record)` after every epoch. `RichProgress` draws a bar with ETA and the last
+epoch's loss, accuracy and eps; `LineProgress` prints one line per epoch (for logs
+without a terminal); `progress_display(enabled)` picks one.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from toolkit.records import EpochRecord
+
+
+class Display(Protocol):
+    def start(self, total: int, completed: int) -> None: ...
+    def step(self, description: str) -> None: ...
+    def epoch(self, record: EpochRecord) -> None: ...
+    def close(self) -> None: ...
+
+
+def _summary(record: EpochRecord) -> str:
+    parts = [f"loss {record.train_loss:.4f}"]
+    if record.test_accuracy is not None:
+        parts.append(f"acc {record.test_accuracy:.4f}")
+    eps = record.epsilon.get(record.accountant)
+    if eps is not None:
+        parts.append(f"eps {eps:.3f} ({record.accountant})")
+    elif record.privacy.startswith("non-private"):
+        parts.append("non-private")
+    else:
+        parts.append("eps inf")
+    return ", ".join(parts)
+
+
+class RichProgress:
+    """A rich progress bar: steps done of all, elapsed, ETA, last epoch's metrics."""
+
+    def __init__(self, label: str = "training"):
+        self.label = label
+        self._bar: Progress | None = None
+        self._task = None
+        self._last = ""
+
+    def start(self, total: int, completed: int) -> None:
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[last]}"),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=total, completed=completed, last="")
+
+    def step(self, description: str) -> None:
+        self._bar.update(self._task, advance=1, description=description, last=self._last)
+
+    def epoch(self, record: EpochRecord) -> None:
+        self._last = _summary(record)
+        self._bar.update(self._task, last=self._last)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class LineProgress:
+    """One line per epoch on stderr: for cluster logs and pipes."""
+
+    def __init__(self, label: str = "training", stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self._epochs = 0
+
+    def start(self, total: int, completed: int) -> None:
+        del total, completed
+
+    def step(self, description: str) -> None:
+        del description
+
+    def epoch(self, record: EpochRecord) -> None:
+        print(
+            f"{self.label} epoch {record.epoch}: {_summary(record)}, {record.epoch_time_s:.1f} s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def progress_display(enabled: bool, label: str = "training") -> Display | None:
+    """A rich bar on a terminal, one line per epoch otherwise; None when disabled."""
+    if not enabled:
+        return None
+    return RichProgress(label) if sys.stderr.isatty() else LineProgress(label)

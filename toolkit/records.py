@@ -1,0 +1,122 @@
+"""Typed records of a run: one epoch, the run summary, an audit.
+
+Every reader (tables, plots, the CLI, `toolkit.load_run`) gets these frozen dataclasses
+from `toolkit.rundir`, which alone turns them into JSON and back. The JSON layout is
+flat, as it was before the records were typed, so older run directories still load:
+the named fields are read by name, and every other key of an epoch or summary object
+is a metric (`metrics`), such as the ones `toolkit.metrics` computes.
+
+A missing or mistyped named field raises `RecordError`, which names the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from toolkit.errors import ToolkitError
+
+
+class RecordError(ToolkitError):
+    """A run file that is corrupt, partial or of an unknown format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GradNormStats:
+    """Pre-clip per-example gradient norms of one epoch, over the finite norms."""
+
+    mean: float
+    median: float
+    max: float
+    fraction_clipped: float  # fraction of finite norms above C
+    nonfinite_fraction: float  # fraction of examples whose gradient was dropped (NaN/inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch: training statistics, eps so far, and the metric hooks' output."""
+
+    epoch: int  # 1-based
+    step: int  # steps run by the end of this epoch
+    train_loss: float  # mean over the finite losses of the sampled examples
+    nonfinite_loss_fraction: float
+    epsilon: Mapping[str, float | None]  # accountant -> eps after `step` steps (None: inf)
+    accountant: str  # the headline accountant
+    sampling: str
+    privacy: str  # how eps was obtained, e.g. "rdp-classic, Poisson sampling"
+    grad_norm: GradNormStats
+    per_example_grads: str  # "bookkeeping" or "vmap"
+    batch_size_mean: float  # realised mean batch size (Poisson: about B)
+    epoch_time_s: float
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """The final record of a run (summary.json)."""
+
+    dataset: str | None  # None for a `toolkit.fit` run of the user's own data
+    activation: str | None  # the paper CNN's activation label; None for a user's model
+    epochs: int
+    num_train: int
+    private: bool
+    noise_multiplier: float
+    epsilon: Mapping[str, float | None]  # None: inf (sigma = 0) or non-private
+    delta: float | None
+    accountant: str
+    sampling: str
+    privacy: str
+    train_time_s: float
+    per_example_grads: str | None
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the last epoch's
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRecord:
+    """What `toolkit audit` measured (audit.json)."""
+
+    config: Mapping[str, Any]
+    requested: Mapping[str, Any]
+    canaries: int
+    canary_kind: str
+    score: str
+    num_base: int
+    num_included: int
+    num_examples: int
+    sampling_prob: float
+    steps: int
+    private: bool
+    noise_multiplier: float
+    delta: float
+    accountant: str
+    epsilon: Mapping[str, float | None]
+    epsilon_headline: float | None
+    privacy: str
+    audit: Mapping[str, Any]
+    epsilon_lower_bound: float
+    confidence: float
+    consistent: bool
+    test_accuracy: float
+    train_time_s: float
+    provenance: Mapping[str, Any]
+
+
+def jsonable(x: Any) -> Any:
+    """Floats that JSON can hold: inf and NaN become None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    return x
