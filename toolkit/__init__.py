@@ -15,6 +15,7 @@ The public API (see README, "Python API"):
 from toolkit import metrics
 from toolkit.activations import tempered_sigmoid
 from toolkit.api import FitConfig, FitResult, fit, load_run
+from toolkit.loop import EpochContext, TrainingDiverged
 from toolkit.per_example import (
     ClippedGrad,
     ClippedGradFn,
@@ -22,7 +23,6 @@ from toolkit.per_example import (
     softmax_cross_entropy,
     split_model,
 )
-from toolkit.loop import EpochContext, TrainingDiverged
 from toolkit.privacy import PrivacyParams
 from toolkit.privatizer import PrivatizerState, gaussian_privatizer
 from toolkit.records import EpochRecord, GradNormStats, RunSummary

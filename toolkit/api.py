@@ -31,9 +31,9 @@ import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from toolkit import per_example as cg
 from toolkit import dpsgd, rundir
 from toolkit import metrics as metrics_lib
+from toolkit import per_example as cg
 from toolkit.accounting import ACCOUNTANTS
 from toolkit.errors import ToolkitError
 from toolkit.loop import Loop, MetricFn

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toolkit.per_example import LossFn, softmax_cross_entropy
 from toolkit.loop import EpochContext, MetricFn
+from toolkit.per_example import LossFn, softmax_cross_entropy
 
 _EVAL_BATCH = 1000
 _ACT_NORM_EXAMPLES = 1000  # fixed test images on which Figure 5's activation norm is measured

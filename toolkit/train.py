@@ -18,12 +18,12 @@ from flax import nnx
 
 from toolkit import dpsgd, metrics, rundir
 from toolkit.api import FitResult, build_loop, final_epsilon, summarize
-from toolkit.per_example import merge
 from toolkit.config import TrainConfig, resolve
 from toolkit.data import Dataset, load_dataset, to_float
 from toolkit.errors import ToolkitError
 from toolkit.loop import TrainingDiverged
 from toolkit.models import build_model
+from toolkit.per_example import merge
 from toolkit.privacy import PrivacyParams
 from toolkit.progress import progress_display
 
