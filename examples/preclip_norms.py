@@ -46,7 +46,7 @@ def main() -> None:
     privacy = toolkit.PrivacyParams(
         num_examples=len(y),
         batch_size=batch,
-        epochs=args.steps / (len(y) // batch),
+        epochs=args.epochs,
         noise_multiplier=sigma,
     )
     tx = optax.chain(

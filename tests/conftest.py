@@ -6,8 +6,26 @@ import gzip
 import struct
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+# Strict numerics, as equinox's tests run: no implicit rank broadcasting anywhere, and no
+# silent dtype promotion (float32 + float64, int + float) in every test not marked
+# `standard_promotion`. A promotion our code relies on must be written out (`astype`,
+# `[None]`), so a float64 that sneaks into a float32 path fails here. The marked tests
+# run library code that promotes internally: flax's `avg_pool` (int window size / float
+# sum, the CIFAR-10 CNN) and optax's `adam` (float ** int32 step count).
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True)
+def _strict_dtype_promotion(request):
+    if request.node.get_closest_marker("standard_promotion"):
+        yield
+        return
+    with jax.numpy_dtype_promotion("strict"):
+        yield
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -138,6 +138,7 @@ def test_fit_matches_the_lower_level_path_step_for_step(module, path, tmp_path):
     }  # fmt: skip
 
 
+@pytest.mark.standard_promotion  # optax.adam
 def test_load_run_round_trip_gives_identical_outputs(tmp_path):
     x, y = _data()
     result = toolkit.fit(Mlp(nnx.Rngs(0)), (x, y), optimizer=optax.adam(1e-2), batch_size=48,
@@ -333,6 +334,7 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.standard_promotion  # optax.adam
 def test_readme_python_api_example_runs_as_written(tiny_data_dir, tmp_path, monkeypatch, capsys):
     code = _readme_example()
     assert len(code.strip().splitlines()) <= 25

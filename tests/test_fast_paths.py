@@ -181,7 +181,9 @@ def _resolve(graphdef, params, x, y, implementation):
     return fn.checked(params, None, x, y).implementation
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+@pytest.mark.parametrize(
+    "dataset", ["mnist", pytest.param("cifar10", marks=pytest.mark.standard_promotion)]
+)
 def test_auto_resolves_to_bookkeeping_for_the_paper_cnns(dataset):
     graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)
     shape = (3, 28, 28, 1) if dataset == "mnist" else (3, 32, 32, 3)
@@ -200,7 +202,7 @@ class _BatchMixing(nnx.Module):
 
     def __call__(self, x):
         h = jnp.tanh(self.fc1(x))
-        return self.fc2(h - h.mean(axis=0))
+        return self.fc2(h - h.mean(axis=0, keepdims=True))
 
 
 class _TiedKernel(nnx.Module):

@@ -7,7 +7,10 @@ from toolkit.models import build_model, count_params
 
 @pytest.mark.parametrize(
     "dataset, shape, n_params",
-    [("mnist", (3, 28, 28, 1), 26_010), ("cifar10", (3, 32, 32, 3), 605_226)],
+    [
+        ("mnist", (3, 28, 28, 1), 26_010),
+        pytest.param("cifar10", (3, 32, 32, 3), 605_226, marks=pytest.mark.standard_promotion),
+    ],
 )
 def test_paper_architectures(dataset, shape, n_params):
     model = build_model(dataset, ActivationSpec("tanh"), seed=0)

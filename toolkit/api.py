@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,8 @@ def fit(
         delta: delta of the guarantee.
         accountant: "rdp-classic", "rdp" or "pld": calibrates sigma and names the headline.
         sampling: "poisson" (what the accountants assume) or "shuffle" (labelled so).
-        seed: Seeds batch sampling, noise and dropout masks (not the model's init).
+        seed: Seeds batch sampling and noise. Not the model's init, nor dropout masks:
+            those come from the model's own `nnx.Rngs` key, folded with (step, micro-batch).
         eval_data: `(inputs, labels)` evaluated after each epoch (loss, and accuracy with
             `classification`).
         classification: Whether outputs are (B, k) logits of integer labels (accuracy).
@@ -271,6 +273,12 @@ def fit(
     if out is not None:
         out = Path(out)
         rundir.prepare_new(out)
+    if delta >= 1 / n:
+        warnings.warn(
+            f"delta={delta} >= 1/N = {1 / n:.3g}: such a delta permits releasing a whole "
+            "example; use delta < 1/N.",
+            stacklevel=2,
+        )
     if target_epsilon is not None:
         privacy = PrivacyParams.calibrated(
             target_epsilon=target_epsilon, num_examples=n, batch_size=batch_size, epochs=epochs,

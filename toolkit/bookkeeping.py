@@ -39,7 +39,7 @@ Ghost norms are upper bounds: each carries its worst-case float rounding (see
 `_ghost_sq_norms`), since terms of both signs can cancel. Not handled: layers inside
 `nnx.remat` / `nnx.scan` (they fail while tracing, use vmap), and a layer created with
 an explicit `precision=` keeps it in its ghost-sum contraction while norms run at
-"highest". `toolkit.dpsgd.resolve_implementation` checks a model against vmap on real
+"highest". `toolkit.per_example.ClippedGradFn.checked` checks a model against vmap on real
 examples before training.
 
 References:

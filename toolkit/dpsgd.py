@@ -48,15 +48,6 @@ class Mechanism:
     gamma: float = 0.01  # automatic clipping's stabiliser, g / (||g|| + gamma)
     noise_multiplier: float = 0.0
 
-    @property
-    def noise_std(self) -> float:
-        """Std of the Gaussian noise on the clipped sum: sigma times the sensitivity."""
-        if self.noise_multiplier == 0.0:
-            return 0.0
-        return self.noise_multiplier * clip_lib.sensitivity(
-            clipping=self.clipping, clip_norm=self.clip_norm
-        )
-
     @classmethod
     def from_config(cls, cfg: Any) -> Mechanism:
         """From anything with `clipping`, `clip_norm`, `gamma` and `noise_multiplier`."""

@@ -21,8 +21,8 @@ on real examples, vmap otherwise.
 Models with state besides `nnx.Param` work: the state is passed through unchanged and
 never trained. PRNG keys in it (nnx.Dropout's stream) are folded with the `rng` data of
 each call, and under vmap also with the example's row, so masks differ between steps and
-examples and are a function of (seed, step) only. A layer that mixes the examples of a
-batch (BatchNorm) has no per-example gradient: `check_model` refuses it.
+examples and are a function of (model key, step, micro-batch) only. A layer that mixes the
+examples of a batch (BatchNorm) has no per-example gradient: `check_model` refuses it.
 
 Compare `jax_privacy.clipped_grad` (a loss of (params, batch) -> clipped mean or sum)
 and Opacus' `GradSampleModule`.

@@ -301,6 +301,15 @@ def save_checkpoint(
         atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
 
 
+def checkpoint_format(out: Path) -> int | None:
+    """The layout version of `out`'s checkpoint, or None if it has none or it is unreadable."""
+    try:
+        with np.load(out / CHECKPOINT) as z:
+            return int(json.loads(z["meta"].tobytes().decode()).get("format", 1))
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
 def load_checkpoint(out: Path, *, params, opt_state, state=None, cfg_hash: str | None):
     """Restore into the structure of the templates: `(params, opt_state, state, key, meta)`.
 

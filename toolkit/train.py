@@ -146,6 +146,13 @@ def resume(out: Path, *, progress: bool = False) -> FitResult:
         )
     if not same:  # checked before the config is used: an edited file could hold anything
         raise ToolkitError(f"{out / rundir.CONFIG} was edited (hash mismatch); it cannot resume.")
+    fmt = rundir.checkpoint_format(out)
+    if fmt is not None and fmt != rundir.CHECKPOINT_FORMAT:
+        raise ToolkitError(
+            f"{out / rundir.CHECKPOINT} has checkpoint format {fmt} (format 1: written before "
+            f"the library API); this toolkit resumes format {rundir.CHECKPOINT_FORMAT} only. "
+            "toolkit.load_run still reads its model."
+        )
     data = load_data(cfg)
     s = setup(cfg, data, out=out)
     if (out / rundir.CHECKPOINT).exists():
@@ -153,12 +160,6 @@ def resume(out: Path, *, progress: bool = False) -> FitResult:
             out, params=s.params, opt_state=s.opt_state, state=s.loop.state,
             cfg_hash=record["config_hash"],
         )  # fmt: skip
-        if opt_state is None:
-            raise ToolkitError(
-                f"{out / rundir.CHECKPOINT} has checkpoint format 1 (written before the "
-                f"library API); this toolkit resumes format {rundir.CHECKPOINT_FORMAT} only. "
-                "load_run can still read its model."
-            )
         s = dataclasses.replace(s, params=params, opt_state=opt_state)
         start, history = meta["epoch"], meta["history"]
     else:  # killed before the first epoch ended
