@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint bench
+.PHONY: setup data demo test lint bench gpu-stage gpu-dry-run
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -40,3 +40,13 @@ bench: setup
 	$(BIN)/pip install -q -e '.[bench]' || echo "note: the bench extra did not install; comparisons will be skipped"
 	$(BIN)/python -m benchmarks.step_time
 	$(BIN)/python -m benchmarks.breakdown
+
+# The GPU check (benchmarks/README.md): stage the wheels the GPU image lacks and the
+# Fashion-MNIST files into .gpu_stage/ (needs PyPI), then carry .gpu_stage to the GPU machine
+# and run `bash benchmarks/gpu_check.sh run` there. gpu-dry-run runs it all on the CPU.
+gpu-stage: setup
+	$(BIN)/python -m benchmarks.gpu_check stage --dest .gpu_stage
+
+gpu-dry-run: gpu-stage
+	rm -rf runs/gpu_check_dry
+	PY=$(CURDIR)/$(BIN)/python OUT=$(CURDIR)/runs/gpu_check_dry bash benchmarks/gpu_check.sh run --dry-run

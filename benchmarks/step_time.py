@@ -200,7 +200,7 @@ def worker(args) -> None:
 
 
 def memory_worker(args) -> None:
-    """One logical batch of 4096 CIFAR-10 examples in micro-batches; print peak memory JSON."""
+    """One logical batch (4096) of CIFAR-10 examples in micro-batches; print peak memory JSON."""
     import resource
 
     import jax
@@ -239,6 +239,7 @@ def memory_worker(args) -> None:
         acc, _, _ = acc_fn(params, acc, images, labels, idx, jnp.ones(micro, bool))
     new_params, _ = update(params, tx.init(params), acc)
     jax.block_until_ready(new_params)
+    device_stats = jax.local_devices()[0].memory_stats() or {}  # GPU: the allocator's peak
     print(
         json.dumps(
             {
@@ -248,6 +249,7 @@ def memory_worker(args) -> None:
                 "step_s": time.perf_counter() - t0,
                 "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "rss_before_step": rss_before,
+                "device_peak_bytes": device_stats.get("peak_bytes_in_use"),
                 "xla_accumulate_bytes": {str(m): v for m, v in compiled.items()},
             }
         )
@@ -346,26 +348,31 @@ def write_report(result: dict, out: Path) -> None:
         notes = sorted({n for c in configs for n in c["notes"]})
         lines += [f"Note: {n}" for n in notes]
     if result.get("memory"):
+        logical = result["memory"][0]["logical"]
         lines += [
             "",
-            "## Memory: CIFAR-10 CNN, one logical batch of 4096",
+            f"## Memory: CIFAR-10 CNN, one logical batch of {logical}",
             "",
             "| implementation | micro-batch | peak RSS MiB | RSS before the step MiB | "
-            "XLA temp MiB, one micro-batch | XLA temp MiB, all 4096 at once | step s |",
-            "|---|---|---|---|---|---|---|",
+            f"XLA temp MiB, one micro-batch | XLA temp MiB, all {logical} at once | "
+            "device peak MiB | step s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in result["memory"]:
             b = r["xla_accumulate_bytes"]
+            peak = r.get("device_peak_bytes")  # None on the CPU (no allocator statistics)
             lines.append(
                 f"| {r['impl']} | {r['micro']} | {_mib(r['peak_rss'])} | "
                 f"{_mib(r['rss_before_step'])} | {_mib(b[str(r['micro'])]['temp'])} | "
-                f"{_mib(b[str(r['logical'])]['temp'])} | {r['step_s']:.1f} |"
+                f"{_mib(b[str(r['logical'])]['temp'])} | {'-' if peak is None else _mib(peak)} | "
+                f"{r['step_s']:.1f} |"
             )
         lines += [
             "",
             "XLA temp is `compiled.memory_analysis().temp_size_in_bytes` of one "
-            "accumulate call (compiled, not run, for 4096). Peak RSS includes the "
-            "4096-image data set on device, params, and both compilations.",
+            f"accumulate call (compiled, not run, for {logical}). Peak RSS includes the "
+            f"{logical}-image data set on device, params, and both compilations; device "
+            "peak is the GPU allocator's `peak_bytes_in_use`.",
         ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
@@ -376,7 +383,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=None, help="rounds per configuration")
     p.add_argument("--allocator", choices=[*ALLOCATORS, "both"], default="both")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch and Opacus")
-    p.add_argument("--no-memory", action="store_true", help="skip the 4096-batch memory runs")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory runs")
+    p.add_argument(
+        "--sizes", nargs="+", default=None, metavar="MODEL:B",
+        help="timed configurations instead of the defaults, e.g. mnist:4096 cifar10:1024",
+    )  # fmt: skip
+    p.add_argument(
+        "--memory-micro", type=int, nargs="+", default=[64, 256], metavar="M",
+        help="book-keeping micro-batch sizes for the memory runs (vmap runs 256)",
+    )  # fmt: skip
+    p.add_argument(
+        "--memory-logical", type=int, default=4096, metavar="N",
+        help="the logical batch of the memory runs",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=HERE, help="folder for results.md/json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
@@ -394,7 +413,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_worker:
         return memory_worker(args)
 
-    configs = [f"{d}:{b}" for d, b in (QUICK if args.quick else FULL)]
+    if args.sizes is not None:
+        configs = args.sizes
+        for c in configs:
+            model, _, b = c.partition(":")
+            if model not in ("mnist", "cifar10") or not b.isdigit() or int(b) < 1:
+                p.error(f"--sizes {c!r}; expected MODEL:B with MODEL mnist or cifar10, B >= 1.")
+    else:
+        configs = [f"{d}:{b}" for d, b in (QUICK if args.quick else FULL)]
+    if args.memory_logical < 1:
+        p.error(f"--memory-logical {args.memory_logical}; expected >= 1.")
+    if any(m < 1 or args.memory_logical % m for m in args.memory_micro):
+        p.error(f"--memory-micro {args.memory_micro}; expected divisors of {args.memory_logical}.")
     allocators = list(ALLOCATORS) if args.allocator == "both" else [args.allocator]
     me = [sys.executable, "-m", "benchmarks.step_time"]
     result = {
@@ -413,9 +443,12 @@ def main(argv: list[str] | None = None) -> None:
             cmd + (["--no-torch"] if args.no_torch else []), ALLOCATORS[alloc], timeout=3600
         )
     if not args.no_memory:
-        for impl, micro in (("bookkeeping", 64), ("bookkeeping", 256), ("vmap", 256)):
+        vmap_micro = min(256, args.memory_logical)
+        runs = [("bookkeeping", m) for m in args.memory_micro] + [("vmap", vmap_micro)]
+        for impl, micro in runs:
             print(f"memory, {impl} micro-batch {micro} ...", file=sys.stderr)
-            cmd = [*me, "--memory-worker", "--impl", impl, "--micro", str(micro)]
+            cmd = [*me, "--memory-worker", "--impl", impl, "--micro", str(micro),
+                   "--logical", str(args.memory_logical)]  # fmt: skip
             result["memory"].append(_run(cmd, {}, timeout=1800))  # default glibc
     result["loadavg_end"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
