@@ -343,3 +343,23 @@ def test_readme_python_api_example_runs_as_written(tiny_data_dir, tmp_path, monk
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("rdp", "rdp-classic", "pld"))
+
+
+def test_fit_with_ema_keeps_the_iterates_and_evaluates_the_average():
+    x, y = _data()
+    kw = dict(optimizer=optax.sgd(0.3), batch_size=40, epochs=2, clip_norm=1.0,
+              noise_multiplier=0.8, eval_data=(x, y), seed=2)  # fmt: skip
+    plain = toolkit.fit(Mlp(nnx.Rngs(0)), (x, y), **kw)
+    ema = toolkit.fit(Mlp(nnx.Rngs(0)), (x, y), ema_decay=0.5, **kw)
+    for a, b in zip(jax.tree.leaves(nnx.state(plain.model, nnx.Param)),
+                    jax.tree.leaves(nnx.state(ema.model, nnx.Param)), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)  # the returned model is the last iterate
+    m = ema.history[-1].metrics
+    assert m["test_accuracy"] == plain.history[-1].metrics["test_accuracy"]
+    assert (
+        0.0 <= m["ema_test_accuracy"] <= 1.0
+        and "ema_test_accuracy" not in plain.history[-1].metrics
+    )
+    assert ema.config.ema_decay == 0.5
+    with pytest.raises(ToolkitError, match="ema_decay=1.5"):
+        toolkit.fit(Mlp(nnx.Rngs(0)), (x, y), ema_decay=1.5, **kw)

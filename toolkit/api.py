@@ -23,7 +23,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from toolkit import dpsgd, rundir
+from toolkit import averaging, dpsgd, rundir
 from toolkit import metrics as metrics_lib
 from toolkit import per_example as cg
 from toolkit.accounting import ACCOUNTANTS
@@ -69,6 +69,11 @@ class FitConfig:
     model: str
     loss: str
     optimizer: str
+    ema_decay: float | None = None
+
+    # Left out of the config hash at these values, so runs written before they existed
+    # keep their hash (and resume).
+    HASH_DEFAULTS: ClassVar[dict[str, Any]] = {"ema_decay": None}
 
     @property
     def private(self) -> bool:
@@ -124,8 +129,13 @@ def build_loop(
     metric_hooks: Sequence[MetricFn] = (),
     select: Callable[[np.ndarray], np.ndarray] | None = None,
     lr_hint: str = "",
+    ema_decay: float | None = None,
 ) -> _Setup:
-    """Everything `toolkit.loop.Loop.run` needs; shared by `fit`, `toolkit train`, audit."""
+    """Everything `toolkit.loop.Loop.run` needs; shared by `fit`, `toolkit train`, audit.
+
+    `ema_decay` chains `toolkit.averaging.track_ema` after the privatized optimizer: an
+    average of the iterates for the metric hooks, which never changes the update.
+    """
     graphdef, params, state = cg.split_model(model)
     n = len(train_y)
     clip = mechanism.clipped_grad(graphdef, loss_fn=loss_fn, implementation=per_example)
@@ -137,6 +147,8 @@ def build_loop(
     )
     physical = devices.round_up(physical_batch_size(batch_size, max_physical=max_physical_batch))
     tx = mechanism.privatized(optimizer, expected_batch_size=float(batch_size), key=noise_key)
+    if ema_decay is not None:
+        tx = optax.chain(tx, averaging.track_ema(ema_decay))
     train_x, train_y = devices.replicate((train_x, train_y))
     loop = Loop(
         graphdef=graphdef,
@@ -218,6 +230,7 @@ def fit(
     per_example: str = "auto",
     max_physical_batch: int = 512,
     progress: bool | Display = False,
+    ema_decay: float | None = None,
 ) -> FitResult:
     """Train `model` with DP-SGD on `train_data`; returns the trained model and its eps.
 
@@ -249,6 +262,9 @@ def fit(
         per_example: "auto", "bookkeeping" or "vmap" (speed only, `toolkit.per_example`).
         max_physical_batch: Micro-batch cap (memory and speed only).
         progress: True for a progress bar (one line per epoch without a terminal).
+        ema_decay: Also keep an exponential moving average of the iterates (post-processing,
+            no privacy cost; `toolkit.averaging`); `eval_data` is then evaluated on it too,
+            as `ema_test_*`. The returned model is the last iterate.
 
     Returns:
         A `FitResult`: `.model`, `.epsilon` (all three accountants), `.history`, `.config`.
@@ -292,12 +308,18 @@ def fit(
         clipping=clipping, clip_norm=clip_norm, gamma=gamma,
         noise_multiplier=privacy.noise_multiplier,
     )  # fmt: skip
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ToolkitError(f"ema_decay={ema_decay!r} must be in (0, 1).")
     hooks = list(metrics)
     if eval_data is not None:
         ex, ey = _check_data("eval_data", eval_data)
-        hooks.insert(
-            0, metrics_lib.evaluation((ex, ey), loss_fn=loss_fn, classification=classification)
-        )
+        evals = [
+            metrics_lib.evaluation(
+                (ex, ey), loss_fn=loss_fn, classification=classification, averaged=avg
+            )
+            for avg in ((False, True) if ema_decay is not None else (False,))
+        ]
+        hooks[:0] = evals
     cfg = FitConfig(
         num_train=n, batch_size=batch_size, epochs=epochs, clip_norm=float(clip_norm),
         clipping=clipping, gamma=gamma, noise_multiplier=privacy.noise_multiplier,
@@ -305,12 +327,14 @@ def fit(
         seed=seed, per_example=per_example, max_physical_batch=max_physical_batch,
         model=type(model).__qualname__, loss=getattr(loss_fn, "__name__", "softmax_cross_entropy")
         if loss_fn is not None else "softmax_cross_entropy", optimizer=_name(optimizer),
+        ema_decay=ema_decay,
     )  # fmt: skip
     setup = build_loop(
         model, jnp.asarray(x), jnp.asarray(y), loss_fn=loss_fn, optimizer=optimizer,
         mechanism=mech, privacy=privacy, batch_size=batch_size, epochs=epochs,
         sampling=sampling, accountant=accountant, seed=seed, noise_key=jax.random.key(seed),
         per_example=per_example, max_physical_batch=max_physical_batch, metric_hooks=hooks,
+        ema_decay=ema_decay,
     )  # fmt: skip
     on_epoch_end = None
     if out is not None:

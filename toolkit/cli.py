@@ -52,6 +52,14 @@ def train(
     seed: int = typer.Option(None),
     limit_train: int = typer.Option(None, help="Use only the first N training examples."),
     data_dir: Path = typer.Option(None, help="Directory holding the dataset files."),
+    validation: int = typer.Option(
+        None, help="Hold out the last V training examples; evaluate on them, not on test."
+    ),
+    ema_decay: float = typer.Option(
+        None, help="Also evaluate an EMA of the iterates (post-processing, no privacy cost)."
+    ),
+    lr_schedule: str = typer.Option(None, help="constant or cosine (decay to 0 at the end)."),
+    warmup_epochs: int = typer.Option(None, help="Linear lr warm-up from 0 over these epochs."),
     no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
     preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
     out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
@@ -74,6 +82,8 @@ def train(
         "noise_multiplier": noise_multiplier, "target_epsilon": target_epsilon,
         "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
         "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
+        "validation": validation, "ema_decay": ema_decay, "lr_schedule": lr_schedule,
+        "warmup_epochs": warmup_epochs,
     }  # fmt: skip
     cfg = config_lib.from_flags(
         flags, preset_name=preset, activation=activation, scale=scale,
@@ -85,7 +95,10 @@ def train(
 
 def _print_summary(summary, out: Path | None) -> None:
     table = Table(title=f"{summary.dataset} / {summary.activation}", show_header=False)
-    table.add_row("test accuracy", f"{summary.metrics['test_accuracy']:.4f}")
+    for key in ("test_accuracy", "val_accuracy", "ema_test_accuracy", "ema_val_accuracy"):
+        if key in summary.metrics:
+            table.add_row(key.replace("_", " ").replace("val ", "validation "),
+                          f"{summary.metrics[key]:.4f}")  # fmt: skip
     if summary.private:
         table.add_row("noise multiplier", f"{summary.noise_multiplier:.4f}")
         for name, eps in summary.epsilon.items():

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 from toolkit import accounting
 from toolkit.activations import ActivationSpec
 from toolkit.clipping import CLIPPING_RULES
 from toolkit.data import DATASETS
-from toolkit.dpsgd import IMPLEMENTATIONS
+from toolkit.dpsgd import IMPLEMENTATIONS, LR_SCHEDULES
 from toolkit.errors import ToolkitError
 from toolkit.sampling import SAMPLINGS
 
@@ -49,6 +49,19 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None  # use only the first N training examples
     data_dir: str | None = None
+    # Issue 12's levers. validation: hold out the last V of the training set (before
+    # limit_train) and evaluate on it instead of the test set; ema_decay: also evaluate an
+    # exponential moving average of the iterates (post-processing, `toolkit.averaging`).
+    validation: int = 0
+    ema_decay: float | None = None
+    lr_schedule: str = "constant"  # or "cosine": warm-up, then cosine decay to 0
+    warmup_epochs: int = 0  # linear warm-up from lr 0 over this many epochs
+
+    # Left out of the config hash at these values, so that runs recorded before these
+    # fields existed keep their hash (and resume).
+    HASH_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
+    }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -157,6 +170,19 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(
         cfg.limit_train is None or cfg.limit_train >= 1,
         f"limit_train={cfg.limit_train} must be >= 1.",
+    )
+    _require(cfg.validation >= 0, f"validation={cfg.validation} must be >= 0.")
+    _require(
+        cfg.lr_schedule in LR_SCHEDULES,
+        f"lr_schedule={cfg.lr_schedule!r} is unknown; expected one of {', '.join(LR_SCHEDULES)}.",
+    )
+    _require(
+        0 <= cfg.warmup_epochs < cfg.epochs,
+        f"warmup_epochs={cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}).",
+    )
+    _require(
+        cfg.ema_decay is None or (math.isfinite(cfg.ema_decay) and 0 < cfg.ema_decay < 1),
+        f"ema_decay={cfg.ema_decay} must be in (0, 1).",
     )
     if cfg.private:
         _require(

@@ -60,6 +60,8 @@ class Dataset:
         test_labels: Like `train_labels`.
         num_classes: 10 for all three datasets.
         source: The directory the files were read from.
+        validation: `(images, labels)` held out of the training set by `with_validation`,
+            or None.
     """
 
     name: str
@@ -69,12 +71,31 @@ class Dataset:
     test_labels: np.ndarray
     num_classes: int
     source: str
+    validation: tuple[np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, train={self.train_images.shape}, "
             f"test={self.test_images.shape}, source={self.source!r})"
         )
+
+
+def with_validation(data: Dataset, size: int) -> Dataset:
+    """`data` with its last `size` training examples moved to `validation` (tuning split).
+
+    What remains in `train_*` is what a run trains on and what its accountant counts.
+    """
+    n = len(data.train_labels)
+    if not 0 < size < n:
+        raise ToolkitError(f"validation={size} must be in [1, {n - 1}] (training set of {n}).")
+    if data.validation is not None:
+        raise ToolkitError("this dataset already holds a validation split.")
+    return dataclasses.replace(
+        data,
+        train_images=data.train_images[: n - size],
+        train_labels=data.train_labels[: n - size],
+        validation=(data.train_images[n - size :], data.train_labels[n - size :]),
+    )
 
 
 def load_dataset(

@@ -140,10 +140,37 @@ def zeros_like(params):
     return jax.tree.map(jnp.zeros_like, params)
 
 
-def make_optimizer(name: str, *, lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
-    """`sgd` (with optional heavy-ball momentum) or `adam`."""
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(
+    name: str,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+) -> optax.GradientTransformation:
+    """`sgd` (with optional heavy-ball momentum) or `adam`, at a constant or scheduled lr.
+
+    `schedule="cosine"`: linear warm-up from 0 over `warmup_steps`, then cosine decay to 0
+    at `total_steps`. `"constant"` with `warmup_steps` warms up and then stays at `lr`.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; expected one of {', '.join(LR_SCHEDULES)}.")
+    rate: float | optax.Schedule = lr
+    if schedule == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"cosine schedule: total_steps={total_steps} must be > warm-up.")
+        rate = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 0), total_steps)
+    elif warmup_steps > 0:
+        rate = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup_steps), optax.constant_schedule(lr)],
+            [warmup_steps],
+        )
     if name == "sgd":
-        return optax.sgd(lr, momentum=momentum or None)
+        return optax.sgd(rate, momentum=momentum or None)
     if name == "adam":
-        return optax.adam(lr)
+        return optax.adam(rate)
     raise ValueError(f"optimizer={name!r}; expected 'sgd' or 'adam'.")

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from toolkit import averaging
 from toolkit import per_example as cg
 from toolkit.errors import ToolkitError
 from toolkit.parallel import DataParallel
@@ -47,10 +48,14 @@ class EpochContext:
     graphdef: nnx.GraphDef
     params: Any
     state: Any
+    averaged: Any = None  # the EMA of the iterates (`toolkit.averaging`), if tracked
 
-    def model(self) -> nnx.Module:
-        """The trained model in evaluation mode (dropout off), a fresh copy."""
-        model = cg.merge(self.graphdef, self.params, self.state)
+    def model(self, *, averaged: bool = False) -> nnx.Module:
+        """The trained model (or its average) in evaluation mode (dropout off), a fresh copy."""
+        params = self.averaged if averaged else self.params
+        if params is None:
+            raise ValueError("this run tracks no parameter average (ema_decay is unset).")
+        model = cg.merge(self.graphdef, params, self.state)
         model.eval()
         return model
 
@@ -159,7 +164,10 @@ class Loop:
                         f"training diverged in epoch {epoch + 1}: the parameters or the train "
                         f"loss of every example are not finite{self.lr_hint}."
                     )
-                ctx = EpochContext(epoch + 1, (epoch + 1) * spe, self.graphdef, params, self.state)
+                ctx = EpochContext(
+                    epoch + 1, (epoch + 1) * spe, self.graphdef, params, self.state,
+                    averaging.averaged(opt_state),
+                )  # fmt: skip
                 metrics: dict[str, Any] = {}
                 for hook in self.metrics:
                     metrics.update(hook(ctx))

@@ -42,11 +42,14 @@ def evaluation(
     classification: bool = True,
     num_classes: int | None = None,
     prefix: str = "test",
+    averaged: bool = False,
 ) -> MetricFn:
     """Loss (and accuracy, per-class accuracy) of the trained model on `(inputs, labels)`.
 
     Returns `{prefix}_loss`, and with `classification` (outputs (B, k), integer labels)
     `{prefix}_accuracy`, `per_class_accuracy` and its std (the paper's fairness note).
+    With `averaged`, the parameter average is evaluated instead, under `ema_{prefix}_*`
+    (no per-class keys), and nothing is returned while the run tracks none.
     """
     x_all, y_all = np.asarray(data[0]), np.asarray(data[1])
     loss_fn = loss_fn or softmax_cross_entropy
@@ -59,7 +62,9 @@ def evaluation(
     run = _jitted(batch)
 
     def hook(ctx: EpochContext) -> dict:
-        model = ctx.model()
+        if averaged and ctx.averaged is None:
+            return {}
+        model = ctx.model(averaged=averaged)
         correct, losses = [], []
         for i in range(0, len(y_all), _EVAL_BATCH):
             part = slice(i, i + _EVAL_BATCH)
@@ -67,6 +72,11 @@ def evaluation(
             correct.append(np.asarray(hits))
             losses.append(np.asarray(loss))
         correct, losses = np.concatenate(correct), np.concatenate(losses)
+        if averaged:
+            out = {f"ema_{prefix}_loss": float(losses.mean())}
+            if classification:
+                out[f"ema_{prefix}_accuracy"] = float(correct.mean())
+            return out
         out = {f"{prefix}_loss": float(losses.mean())}
         if classification:
             k = num_classes or int(y_all.max()) + 1

@@ -63,6 +63,9 @@ def config_hash(cfg: Any) -> str:
     """Identity of a configuration (data_dir excluded: where the data lives is not a setting)."""
     d = cfg.to_dict()
     d.pop("data_dir", None)
+    for key, default in getattr(cfg, "HASH_DEFAULTS", {}).items():  # fields added later
+        if key in d and d[key] == default:
+            del d[key]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

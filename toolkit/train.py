@@ -19,7 +19,7 @@ from flax import nnx
 from toolkit import dpsgd, metrics, rundir
 from toolkit.api import FitResult, build_loop, final_epsilon, summarize
 from toolkit.config import TrainConfig, resolve
-from toolkit.data import Dataset, load_dataset, to_float
+from toolkit.data import Dataset, load_dataset, to_float, with_validation
 from toolkit.errors import ToolkitError
 from toolkit.loop import TrainingDiverged
 from toolkit.models import build_model
@@ -29,11 +29,17 @@ from toolkit.progress import progress_display
 
 __all__ = ["TrainingDiverged", "load_data", "privacy_params", "resume", "train"]
 # What summary.json keeps of the last epoch's metrics.
-_SUMMARY_METRICS = ("test_accuracy", "per_class_accuracy_std")
+_SUMMARY_METRICS = (
+    "test_accuracy", "val_accuracy", "ema_test_accuracy", "ema_val_accuracy",
+    "per_class_accuracy_std",
+)  # fmt: skip
 
 
 def load_data(cfg: TrainConfig) -> Dataset:
+    """The config's data: the validation split held out first, then `limit_train` applied."""
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    if cfg.validation:
+        data = with_validation(data, cfg.validation)
     if cfg.limit_train is not None and cfg.limit_train < len(data.train_labels):
         data = dataclasses.replace(
             data,
@@ -67,14 +73,25 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
     model, noise_key = init_model(cfg)
     n = len(data.train_labels)
     hooks = []
-    if evaluate:
-        test = (to_float(data.test_images), data.test_labels)
+    if evaluate:  # on the validation split when there is one: tuning never sees test
+        prefix, (x, y) = (
+            ("val", data.validation)
+            if data.validation is not None
+            else ("test", (data.test_images, data.test_labels))
+        )
+        held_out = (to_float(x), y)
         hooks = [
-            metrics.evaluation(test, num_classes=data.num_classes),
-            metrics.first_activation_norm(test[0]),
+            metrics.evaluation(held_out, num_classes=data.num_classes, prefix=prefix),
+            metrics.first_activation_norm(held_out[0]),
         ]
+        if cfg.ema_decay is not None:
+            hooks.insert(1, metrics.evaluation(held_out, prefix=prefix, averaged=True))
     kept = f"; the checkpoint of the last finished epoch is kept in {out}" if out else ""
-    optimizer = dpsgd.make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
+    steps_per_epoch = n // cfg.batch_size
+    optimizer = dpsgd.make_optimizer(
+        cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, schedule=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
+    )  # fmt: skip
     return build_loop(
         model, jnp.asarray(to_float(data.train_images)), jnp.asarray(data.train_labels),
         loss_fn=None, optimizer=optimizer,
@@ -83,6 +100,7 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
         accountant=cfg.accountant, seed=cfg.seed, noise_key=noise_key,
         per_example=cfg.per_example, max_physical_batch=cfg.max_physical_batch,
         metric_hooks=hooks, select=select, lr_hint=f" (lr={cfg.lr} may be too large){kept}",
+        ema_decay=cfg.ema_decay,
     )  # fmt: skip
 
 
