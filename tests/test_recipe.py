@@ -17,8 +17,9 @@ import optax
 import pytest
 from flax import nnx
 
-from toolkit import averaging, dpsgd, rundir
+from toolkit import averaging, dpsgd, per_example, rundir
 from toolkit import train as train_lib
+from toolkit.augment import Augmult
 from toolkit.config import TrainConfig, resolve
 from toolkit.errors import ToolkitError
 
@@ -163,3 +164,85 @@ def test_bad_schedule_settings_are_one_line_errors(tiny_data_dir):
         train_lib.train(_cfg(tiny_data_dir, lr_schedule="step"))
     with pytest.raises(ToolkitError, match="warmup_epochs=2 must be in"):
         train_lib.train(_cfg(tiny_data_dir, warmup_epochs=2))
+
+
+# ---------------------------------------------------------------- augmentation multiplicity
+
+
+def _cnn_problem(batch=6):
+    from toolkit.activations import ActivationSpec
+    from toolkit.models import build_model
+    from toolkit.per_example import split_model
+
+    graphdef, params, state = split_model(build_model("mnist", ActivationSpec("tanh"), seed=0))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+    return graphdef, params, state, x, y
+
+
+def test_augmult_views_are_shifts_and_flips_of_the_image():
+    aug = Augmult(8, max_shift=2, flip=True, seed=4)
+    x = jnp.asarray(np.random.default_rng(0).random((28, 28, 1), dtype=np.float32))
+    views = np.asarray(aug.views(x, jnp.array([3, 1, 5], jnp.uint32)))
+    padded = np.pad(np.asarray(x), ((2, 2), (2, 2), (0, 0)))
+    candidates = [
+        c[:, ::-1] if f else c
+        for dy in range(5)
+        for dx in range(5)
+        for c in [padded[dy : dy + 28, dx : dx + 28]]
+        for f in (False, True)
+    ]
+    for v in views:  # every view is exactly one shift (and maybe flip) of the image
+        assert sum(np.array_equal(v, c) for c in candidates) >= 1
+    assert len({v.tobytes() for v in views}) > 1  # and they are not all the same
+    again = np.asarray(aug.views(x, jnp.array([3, 1, 5], jnp.uint32)))
+    np.testing.assert_array_equal(views, again)  # keyed: the same (step, chunk, row) repeats
+
+
+@pytest.mark.parametrize(("clipping", "bound"), [("flat", 0.05), ("automatic", 1.0)])
+def test_augmult_clips_the_mean_of_the_views_once_and_keeps_the_sensitivity(clipping, bound):
+    graphdef, params, state, x, y = _cnn_problem()
+    aug = Augmult(4, seed=2)
+    fn = per_example.clipped_grad(
+        graphdef, clip_norm=0.05, clipping=clipping, implementation="auto", augment=aug
+    ).checked(params, state, x, y)
+    assert fn.implementation == "vmap"
+    rng = jnp.array([7, 0], jnp.uint32)
+    # By hand for example 0: K view gradients of the plain loss, averaged, then clipped.
+    views = aug.views(x[0], jnp.array([7, 0, 0], jnp.uint32))
+    plain = per_example.per_example_loss_fn(graphdef)
+    grads = [jax.grad(plain)(params, v, y[0]) for v in views]
+    mean = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+    norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g))) for g in jax.tree.leaves(mean))))
+    factor = min(1.0, 0.05 / norm) if clipping == "flat" else 1.0 / (norm + 0.01)
+    # One compiled shape: rows are switched off by the mask (padding rows contribute 0).
+    call = jax.jit(lambda m: fn(params, state, x, y, m, rng))
+    one = call(jnp.arange(6) == 0)
+    assert float(one.norms[0]) == pytest.approx(norm, rel=1e-5)  # float32 sums of 4 views
+    for got, want in zip(jax.tree.leaves(one.clipped_sum), jax.tree.leaves(mean), strict=True):
+        np.testing.assert_allclose(got, factor * np.asarray(want), rtol=1e-4, atol=1e-9)
+    # Neighbouring batches (one example added): the clipped sums differ by at most C (or 1).
+    five, six = call(jnp.arange(6) < 5), call(jnp.ones(6, bool))
+    leaves = zip(jax.tree.leaves(six.clipped_sum), jax.tree.leaves(five.clipped_sum), strict=True)
+    diff = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - b) ** 2) for a, b in leaves))
+    assert diff <= bound * (1 + 1e-5)  # float32 rounding of the norm
+    assert float(six.norms[5]) > 0.05  # the added example is clipped: the bound is tight-ish
+
+
+def test_augmult_refuses_bookkeeping(tiny_data_dir):
+    graphdef, *_ = _cnn_problem()
+    with pytest.raises(ToolkitError, match="cannot run augmentation multiplicity"):
+        per_example.clipped_grad(graphdef, clip_norm=1.0, implementation="bookkeeping",
+                                 augment=Augmult(2))  # fmt: skip
+    with pytest.raises(ToolkitError, match="augmult=4 runs on the vmap path"):
+        train_lib.train(_cfg(tiny_data_dir, augmult=4, per_example="bookkeeping"))
+    with pytest.raises(ToolkitError, match="augmult=-1"):
+        train_lib.train(_cfg(tiny_data_dir, augmult=-1))
+
+
+@pytest.mark.slow
+def test_a_run_with_augmult_trains_on_the_vmap_path(tiny_data_dir):
+    result = train_lib.train(_cfg(tiny_data_dir, epochs=1, augmult=2, limit_train=200))
+    assert result.history[-1].per_example_grads == "vmap"
+    assert 0.0 <= result.history[-1].metrics["test_accuracy"] <= 1.0

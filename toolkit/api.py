@@ -36,6 +36,7 @@ from toolkit import averaging, dpsgd, rundir
 from toolkit import metrics as metrics_lib
 from toolkit import per_example as cg
 from toolkit.accounting import ACCOUNTANTS
+from toolkit.augment import Augmult
 from toolkit.errors import ToolkitError
 from toolkit.loop import Loop, MetricFn
 from toolkit.parallel import DataParallel
@@ -130,6 +131,7 @@ def build_loop(
     select: Callable[[np.ndarray], np.ndarray] | None = None,
     lr_hint: str = "",
     ema_decay: float | None = None,
+    augment: Augmult | None = None,
 ) -> _Setup:
     """Everything `toolkit.loop.Loop.run` needs; shared by `fit`, `toolkit train`, audit.
 
@@ -138,7 +140,9 @@ def build_loop(
     """
     graphdef, params, state = cg.split_model(model)
     n = len(train_y)
-    clip = mechanism.clipped_grad(graphdef, loss_fn=loss_fn, implementation=per_example)
+    clip = mechanism.clipped_grad(
+        graphdef, loss_fn=loss_fn, implementation=per_example, augment=augment
+    )
     clip = clip.checked(params, state, train_x, train_y)
     # All local devices share the per-example work. Not under vmap: XLA 0.10 returns wrong
     # vmap'd convolution kernel gradients on batch-sharded inputs (benchmarks/README.md).

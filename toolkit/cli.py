@@ -60,6 +60,9 @@ def train(
     ),
     lr_schedule: str = typer.Option(None, help="constant or cosine (decay to 0 at the end)."),
     warmup_epochs: int = typer.Option(None, help="Linear lr warm-up from 0 over these epochs."),
+    augmult: int = typer.Option(
+        None, help="K augmented views per example (shift, flip), averaged before clipping."
+    ),
     no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
     preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
     out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
@@ -83,7 +86,7 @@ def train(
         "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
         "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
         "validation": validation, "ema_decay": ema_decay, "lr_schedule": lr_schedule,
-        "warmup_epochs": warmup_epochs,
+        "warmup_epochs": warmup_epochs, "augmult": augmult,
     }  # fmt: skip
     cfg = config_lib.from_flags(
         flags, preset_name=preset, activation=activation, scale=scale,

@@ -56,11 +56,13 @@ class TrainConfig:
     ema_decay: float | None = None
     lr_schedule: str = "constant"  # or "cosine": warm-up, then cosine decay to 0
     warmup_epochs: int = 0  # linear warm-up from lr 0 over this many epochs
+    augmult: int = 0  # K > 1: K random shift/flip views per example, averaged before clipping
 
     # Left out of the config hash at these values, so that runs recorded before these
     # fields existed keep their hash (and resume).
     HASH_DEFAULTS: ClassVar[dict[str, Any]] = {
         "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
+        "augmult": 0,
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +174,11 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         f"limit_train={cfg.limit_train} must be >= 1.",
     )
     _require(cfg.validation >= 0, f"validation={cfg.validation} must be >= 0.")
+    _require(0 <= cfg.augmult <= 64, f"augmult={cfg.augmult} must be in [0, 64] (0: off).")
+    _require(
+        cfg.augmult <= 1 or cfg.per_example != "bookkeeping",
+        f"augmult={cfg.augmult} runs on the vmap path; per_example='bookkeeping' cannot run it.",
+    )
     _require(
         cfg.lr_schedule in LR_SCHEDULES,
         f"lr_schedule={cfg.lr_schedule!r} is unknown; expected one of {', '.join(LR_SCHEDULES)}.",

@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 from toolkit import clipping as clip_lib
+from toolkit.augment import Augmult
 from toolkit.per_example import IMPLEMENTATIONS, ClippedGradFn, LossFn, clipped_grad
 from toolkit.privatizer import gaussian_privatizer
 
@@ -65,11 +66,13 @@ class Mechanism:
         loss_fn: LossFn | None = None,
         implementation: str = "auto",
         norm_rule: str = "mixed",
+        augment: Augmult | None = None,
     ) -> ClippedGradFn:
         """This mechanism's per-example clipped-gradient function for a split model."""
         return clipped_grad(
             graphdef, loss_fn=loss_fn, clipping=self.clipping, clip_norm=self.clip_norm,
             gamma=self.gamma, implementation=implementation, norm_rule=norm_rule,
+            augment=augment,
         )  # fmt: skip
 
     def privatized(
@@ -92,6 +95,7 @@ def make_accumulate(
     implementation: str = "auto",
     norm_rule: str = "mixed",
     loss_fn: LossFn | None = None,
+    augment: Augmult | None = None,
 ) -> Callable:
     """Jitted `accumulate(params, acc, images, labels, idx, mask, state=None, rng=None)`.
 
@@ -106,8 +110,9 @@ def make_accumulate(
     work; the sum comes back replicated.
     """
     clip = mechanism.clipped_grad(
-        graphdef, loss_fn=loss_fn, implementation=implementation, norm_rule=norm_rule
-    )
+        graphdef, loss_fn=loss_fn, implementation=implementation, norm_rule=norm_rule,
+        augment=augment,
+    )  # fmt: skip
     return make_accumulate_fn(clip)
 
 

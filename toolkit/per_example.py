@@ -42,6 +42,7 @@ from flax import nnx
 
 from toolkit import bookkeeping
 from toolkit import clipping as clip_lib
+from toolkit.augment import Augmult
 from toolkit.errors import ToolkitError
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -105,23 +106,36 @@ def merge(graphdef: nnx.GraphDef, params: Any, state: Any = None, rng: Any = Non
     return nnx.merge(graphdef, params, *([] if state is None else [state]))
 
 
-def per_example_loss_fn(graphdef: nnx.GraphDef, loss_fn: LossFn | None = None) -> Callable:
-    """`loss(params, x, y, state=None, rng=None)` for ONE example (x without batch axis)."""
+def per_example_loss_fn(
+    graphdef: nnx.GraphDef, loss_fn: LossFn | None = None, augment: Augmult | None = None
+) -> Callable:
+    """`loss(params, x, y, state=None, rng=None)` for ONE example (x without batch axis).
+
+    With `augment`, the mean loss over the example's K views (`toolkit.augment`).
+    """
     loss_fn = loss_fn or softmax_cross_entropy
 
     def loss(params, x: jax.Array, y: jax.Array, state=None, rng=None) -> jax.Array:
-        outputs = merge(graphdef, params, state, rng)(x[None])
-        return loss_fn(outputs, y[None])[0]
+        if augment is None:
+            outputs = merge(graphdef, params, state, rng)(x[None])
+            return loss_fn(outputs, y[None])[0]
+        data = jnp.zeros((0,), jnp.uint32) if rng is None else rng
+        views = augment.views(x, data)
+        outputs = merge(graphdef, params, state, rng)(views)
+        return jnp.mean(loss_fn(outputs, jnp.repeat(y[None], augment.k, axis=0)))
 
     return loss
 
 
-def per_example_grads_fn(graphdef: nnx.GraphDef, loss_fn: LossFn | None = None) -> Callable:
+def per_example_grads_fn(
+    graphdef: nnx.GraphDef, loss_fn: LossFn | None = None, augment: Augmult | None = None
+) -> Callable:
     """`(params, x, y, state=None, rng=None) -> (losses, grads)` per example, by jax.vmap.
 
-    The reference path. Example i's PRNG keys are folded with `rng` and then with i.
+    The reference path. Example i's PRNG keys are folded with `rng` and then with i; so
+    are its augmented views' (`augment`: one gradient per example, the mean over views).
     """
-    one = jax.value_and_grad(per_example_loss_fn(graphdef, loss_fn))
+    one = jax.value_and_grad(per_example_loss_fn(graphdef, loss_fn, augment))
 
     def grads(params, x, y, state=None, rng=None):
         rows = jnp.arange(x.shape[0], dtype=jnp.uint32)
@@ -153,6 +167,7 @@ class ClippedGradFn:
     gamma: float
     implementation: str
     norm_rule: str = "mixed"
+    augment: Augmult | None = None  # K views per example, averaged before clipping (vmap)
 
     @property
     def sensitivity(self) -> float:
@@ -169,7 +184,7 @@ class ClippedGradFn:
         def weights_fn(norms):
             return self.weights(norms, mask)
 
-        if self.implementation != "vmap":
+        if self.implementation != "vmap" and self.augment is None:
             fast = bookkeeping.make_clipped_grad(
                 self.graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule
             )
@@ -179,7 +194,8 @@ class ClippedGradFn:
             except bookkeeping.Unsupported:
                 if self.implementation == "bookkeeping":
                     raise
-        losses, grads = per_example_grads_fn(self.graphdef, self.loss_fn)(params, x, y, state, rng)
+        grads_fn = per_example_grads_fn(self.graphdef, self.loss_fn, self.augment)
+        losses, grads = grads_fn(params, x, y, state, rng)
         norms = clip_lib.per_example_norms(grads)
         out = ClippedGrad(clip_lib.clipped_sum(grads, weights_fn(norms)), norms, losses)
         return _checked_shapes(out, x)
@@ -197,6 +213,8 @@ class ClippedGradFn:
         _check_loss_shape(self, params, state, x[:3], y[:3])
         if self.implementation == "vmap":
             return self
+        if self.augment is not None:  # book-keeping has no per-example groups of rows
+            return dataclasses.replace(self, implementation="vmap")
         x, y = x[:3], y[:3]
         graphdef, state = _deterministic(self.graphdef, params, state)
         fast = bookkeeping.make_clipped_grad(
@@ -238,6 +256,7 @@ def clipped_grad(
     gamma: float = 0.01,
     implementation: str = "auto",
     norm_rule: str = "mixed",
+    augment: Augmult | None = None,
 ) -> ClippedGradFn:
     """The per-example clipped-gradient function of a split model and a per-example loss.
 
@@ -250,6 +269,9 @@ def clipped_grad(
         gamma: Automatic clipping's stabiliser.
         implementation: "auto", "bookkeeping" or "vmap" (speed only, see module doc).
         norm_rule: Book-keeping's per-layer choice ("mixed", "ghost", "materialise").
+        augment: Augmentation multiplicity (`toolkit.augment.Augmult`): each example's
+            gradient is the mean over its K views, then clipped; sensitivity unchanged.
+            Runs on the vmap path ("auto" takes it; "bookkeeping" is refused).
 
     Returns:
         A `ClippedGradFn`; call `.checked(params, state, x, y)` once on real examples.
@@ -266,9 +288,14 @@ def clipped_grad(
             f"implementation={implementation!r} is unknown; "
             f"expected one of {', '.join(IMPLEMENTATIONS)}."
         )
+    if augment is not None and implementation == "bookkeeping":
+        raise ToolkitError(
+            "per_example='bookkeeping' cannot run augmentation multiplicity (an example's "
+            "gradient spans K views); use per_example='auto' or 'vmap'."
+        )
     return ClippedGradFn(
         graphdef, loss_fn or softmax_cross_entropy, clipping, clip_norm, gamma, implementation,
-        norm_rule,
+        norm_rule, augment,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from flax import nnx
 
 from toolkit import dpsgd, metrics, rundir
 from toolkit.api import FitResult, build_loop, final_epsilon, summarize
+from toolkit.augment import Augmult
 from toolkit.config import TrainConfig, resolve
 from toolkit.data import Dataset, load_dataset, to_float, with_validation
 from toolkit.errors import ToolkitError
@@ -101,6 +102,7 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
         per_example=cfg.per_example, max_physical_batch=cfg.max_physical_batch,
         metric_hooks=hooks, select=select, lr_hint=f" (lr={cfg.lr} may be too large){kept}",
         ema_decay=cfg.ema_decay,
+        augment=Augmult(cfg.augmult, seed=cfg.seed) if cfg.augmult > 1 else None,
     )  # fmt: skip
 
 
