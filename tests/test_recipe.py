@@ -246,3 +246,32 @@ def test_a_run_with_augmult_trains_on_the_vmap_path(tiny_data_dir):
     result = train_lib.train(_cfg(tiny_data_dir, epochs=1, augmult=2, limit_train=200))
     assert result.history[-1].per_example_grads == "vmap"
     assert 0.0 <= result.history[-1].metrics["test_accuracy"] <= 1.0
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_ema_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_data_dir, epochs=2, ema_decay=0.9, limit_train=300)
+    whole = train_lib.train(cfg, out=tmp_path / "whole")
+    real = rundir.epoch_writer
+
+    def stop_after_first(out, **kw):  # the run dies right after epoch 1's checkpoint
+        write = real(out, **kw)
+
+        def on_epoch_end(params, opt_state, history):
+            write(params, opt_state, history)
+            raise _Stop
+
+        return on_epoch_end
+
+    monkeypatch.setattr(rundir, "epoch_writer", stop_after_first)
+    with pytest.raises(_Stop):
+        train_lib.train(cfg, out=tmp_path / "cut")
+    monkeypatch.setattr(rundir, "epoch_writer", real)
+    resumed = train_lib.resume(tmp_path / "cut")
+    # The EMA lives in the optimizer state, so the checkpoint carries it: same numbers.
+    assert resumed.history[-1].metrics == whole.history[-1].metrics
+    assert "ema_test_accuracy" in resumed.history[-1].metrics
