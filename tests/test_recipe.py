@@ -60,8 +60,8 @@ def test_ema_rejects_bad_decay():
 
 @pytest.mark.slow
 def test_ema_never_feeds_into_the_privatized_update(tiny_data_dir, tmp_path):
-    plain = train_lib.train(_cfg(tiny_data_dir), out=tmp_path / "plain")
-    ema = train_lib.train(_cfg(tiny_data_dir, ema_decay=0.9), out=tmp_path / "ema")
+    plain = train_lib.train(_cfg(tiny_data_dir, limit_train=300), out=tmp_path / "plain")
+    ema = train_lib.train(_cfg(tiny_data_dir, limit_train=300, ema_decay=0.9), out=tmp_path / "ema")
     a = jax.tree.leaves(nnx.state(plain.model, nnx.Param))
     b = jax.tree.leaves(nnx.state(ema.model, nnx.Param))
     for x, y in zip(a, b, strict=True):
@@ -94,10 +94,11 @@ def test_validation_split_is_disjoint_and_the_accountant_counts_only_training(ti
 
 @pytest.mark.slow
 def test_a_validation_run_reports_validation_not_test_accuracy(tiny_data_dir, tmp_path):
-    result = train_lib.train(_cfg(tiny_data_dir, epochs=1, validation=100), out=tmp_path / "r")
+    cfg = _cfg(tiny_data_dir, epochs=1, validation=100, limit_train=200)
+    result = train_lib.train(cfg, out=tmp_path / "r")
     last = result.history[-1]
     assert "val_accuracy" in last.metrics and "test_accuracy" not in last.metrics
-    assert result.summary.num_train == 500
+    assert result.summary.num_train == 200
     assert "val_accuracy" in rundir.read_summary(tmp_path / "r").metrics
 
 
