@@ -56,7 +56,7 @@ class TrainConfig:
     ema_decay: float | None = None
     lr_schedule: str = "constant"  # or "cosine": warm-up, then cosine decay to 0
     warmup_epochs: int = 0  # linear warm-up from lr 0 over this many epochs
-    augmult: int = 0  # K > 1: K random shift/flip views per example, averaged before clipping
+    augmult: int = 0  # K >= 1: K random shift/flip views per example, averaged before clipping
 
     # Left out of the config hash at these values, so that runs recorded before these
     # fields existed keep their hash (and resume).
@@ -109,13 +109,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "activation": ActivationSpec("tanh"),
         "accountant": "pld",
         "ema_decay": 0.99,
-    },  # fmt: skip
+    },
     "fashion-mnist-relu-pld-ema": {
         **_FASHION,
         "activation": ActivationSpec("relu"),
         "accountant": "pld",
         "ema_decay": 0.99,
-    },  # fmt: skip
+    },
     "cifar10-tanh": {**_CIFAR, "activation": ActivationSpec("tanh")},
     "cifar10-relu": {**_CIFAR, "activation": ActivationSpec("relu")},
     # TensorFlow Privacy's MNIST tutorial (eps 3.01 under rdp-classic).
@@ -191,7 +191,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(cfg.validation >= 0, f"validation={cfg.validation} must be >= 0.")
     _require(0 <= cfg.augmult <= 64, f"augmult={cfg.augmult} must be in [0, 64] (0: off).")
     _require(
-        cfg.augmult <= 1 or cfg.per_example != "bookkeeping",
+        cfg.augmult == 0 or cfg.per_example != "bookkeeping",
         f"augmult={cfg.augmult} runs on the vmap path; per_example='bookkeeping' cannot run it.",
     )
     _require(

@@ -102,7 +102,7 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
         per_example=cfg.per_example, max_physical_batch=cfg.max_physical_batch,
         metric_hooks=hooks, select=select, lr_hint=f" (lr={cfg.lr} may be too large){kept}",
         ema_decay=cfg.ema_decay,
-        augment=Augmult(cfg.augmult, seed=cfg.seed) if cfg.augmult > 1 else None,
+        augment=Augmult(cfg.augmult, seed=cfg.seed) if cfg.augmult else None,
     )  # fmt: skip
 
 
