@@ -276,3 +276,74 @@ def test_a_resumed_ema_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path,
     # The EMA lives in the optimizer state, so the checkpoint carries it: same numbers.
     assert resumed.history[-1].metrics == whole.history[-1].metrics
     assert "ema_test_accuracy" in resumed.history[-1].metrics
+
+
+# Weight standardisation (issue 12): a reparameterisation of the conv kernels.
+
+
+def test_standardized_kernel_has_zero_mean_and_unit_fan_in_norm_per_output_channel():
+    from toolkit.models import standardize_kernel
+
+    kernel = np.random.default_rng(0).normal(0.3, 2.0, size=(4, 4, 3, 5))
+    hat = np.asarray(standardize_kernel(jnp.asarray(kernel, jnp.float32)))
+    flat = hat.reshape(-1, 5)  # rows: the fan-in of each output channel
+    # float32 over 48 entries: 1e-5 is ~100 ulps of the values (~0.1).
+    np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-6)
+    # ||W_hat[:, o]||_2 = sqrt(fan_in) * std / (std sqrt(fan_in)) = 1 up to the eps 1e-4
+    # added in quadrature to std ~2 (relative 1e-9) and float32 rounding.
+    np.testing.assert_allclose(np.linalg.norm(flat, axis=0), 1.0, rtol=1e-5)
+    # Independent: the numpy formula, per channel.
+    c = kernel.reshape(-1, 5) - kernel.reshape(-1, 5).mean(0)
+    ref = c / (c.std(0) * np.sqrt(48))
+    np.testing.assert_allclose(flat, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_ws_model_has_the_paper_parameters_and_is_a_conv_of_the_standardized_kernel():
+    from toolkit.activations import ActivationSpec
+    from toolkit.models import build_model, count_params, standardize_kernel
+
+    ws = build_model("mnist", ActivationSpec("tanh"), seed=1, weight_standardization=True)
+    plain = build_model("mnist", ActivationSpec("tanh"), seed=1)
+    assert count_params(ws) == count_params(plain) == 26_010
+    # Same initial raw kernels; the plain CNN with the standardized kernels put in by hand
+    # computes the WS CNN (to float32 rounding of two conv algorithms).
+    np.testing.assert_array_equal(ws.conv1.kernel[...], plain.conv1.kernel[...])
+    for name in ("conv1", "conv2"):
+        layer = getattr(plain, name)
+        layer.kernel[...] = standardize_kernel(getattr(ws, name).kernel[...])
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    np.testing.assert_allclose(ws(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_ws_refuses_bookkeeping_and_trains_on_vmap_with_the_sensitivity_bound(tiny_data_dir):
+    with pytest.raises(ToolkitError, match="weight_standardization runs on the vmap path"):
+        train_lib.train(_cfg(tiny_data_dir, weight_standardization=True,
+                             per_example="bookkeeping"))  # fmt: skip
+    from toolkit.activations import ActivationSpec
+    from toolkit.models import build_model
+
+    model = build_model("mnist", ActivationSpec("tanh"), seed=0, weight_standardization=True)
+    graphdef, params, state = nnx.split(model, nnx.Param, ...)
+    fn = per_example.clipped_grad(graphdef, clip_norm=0.05, implementation="auto")
+    x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
+    y = jnp.arange(6) % 10
+    checked = fn.checked(params, state, x, y)
+    assert checked.implementation == "vmap"  # book-keeping does not know WSConv
+    out = checked(params, state, x, y)
+    # Each example's clipped gradient has norm <= C: the sum of 6 has norm <= 6 C.
+    total = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(out.clipped_sum)))
+    assert total <= 6 * 0.05 * (1 + 1e-5)
+    assert float(jnp.min(out.norms)) > 0.05  # clipping was active, so the bound was tested
+
+
+@pytest.mark.slow
+def test_a_ws_run_reloads_as_a_ws_model(tiny_data_dir, tmp_path):
+    import toolkit
+
+    cfg = _cfg(tiny_data_dir, epochs=1, weight_standardization=True, limit_train=200)
+    result = train_lib.train(cfg, out=tmp_path / "r")
+    assert result.history[-1].per_example_grads == "vmap"
+    loaded = toolkit.load_run(tmp_path / "r").model
+    x = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
+    assert type(loaded.conv1).__name__ == "WSConv"
+    np.testing.assert_array_equal(loaded(x), result.model(x))

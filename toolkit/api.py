@@ -387,7 +387,10 @@ def load_run(
     try:
         if kind == "train":
             cfg: Any = TrainConfig.from_dict(record["config"])
-            skeleton = build_model(cfg.dataset, cfg.activation, seed=0)
+            skeleton = build_model(
+                cfg.dataset, cfg.activation, seed=0,
+                weight_standardization=cfg.weight_standardization,
+            )  # fmt: skip
         elif kind == "fit":
             cfg = FitConfig.from_dict(record["config"])
             if model is None:

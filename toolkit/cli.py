@@ -63,6 +63,9 @@ def train(
     augmult: int = typer.Option(
         None, help="K augmented views per example (shift, flip), averaged before clipping."
     ),
+    weight_standardization: bool = typer.Option(
+        None, "--weight-standardization", help="Scaled weight standardisation of conv kernels."
+    ),
     no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
     preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
     out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
@@ -87,6 +90,7 @@ def train(
         "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
         "validation": validation, "ema_decay": ema_decay, "lr_schedule": lr_schedule,
         "warmup_epochs": warmup_epochs, "augmult": augmult,
+        "weight_standardization": weight_standardization,
     }  # fmt: skip
     cfg = config_lib.from_flags(
         flags, preset_name=preset, activation=activation, scale=scale,

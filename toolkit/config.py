@@ -57,12 +57,13 @@ class TrainConfig:
     lr_schedule: str = "constant"  # or "cosine": warm-up, then cosine decay to 0
     warmup_epochs: int = 0  # linear warm-up from lr 0 over this many epochs
     augmult: int = 0  # K >= 1: K random shift/flip views per example, averaged before clipping
+    weight_standardization: bool = False  # scaled WS of the conv kernels (toolkit.models)
 
     # Left out of the config hash at these values, so that runs recorded before these
     # fields existed keep their hash (and resume).
     HASH_DEFAULTS: ClassVar[dict[str, Any]] = {
         "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
-        "augmult": 0,
+        "augmult": 0, "weight_standardization": False,
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,6 +194,10 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(
         cfg.augmult == 0 or cfg.per_example != "bookkeeping",
         f"augmult={cfg.augmult} runs on the vmap path; per_example='bookkeeping' cannot run it.",
+    )
+    _require(
+        not (cfg.weight_standardization and cfg.per_example == "bookkeeping"),
+        "weight_standardization runs on the vmap path; per_example='bookkeeping' cannot run it.",
     )
     _require(
         cfg.lr_schedule in LR_SCHEDULES,

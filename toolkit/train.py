@@ -65,7 +65,10 @@ def init_model(cfg: TrainConfig) -> tuple[nnx.Module, jax.Array]:
     """The paper CNN initialised from the seed, and the run's noise key."""
     init_key, noise_key = jax.random.split(jax.random.key(cfg.seed))
     seed = int(jax.random.randint(init_key, (), 0, 2**31 - 1))
-    return build_model(cfg.dataset, cfg.activation, seed=seed), noise_key
+    model = build_model(
+        cfg.dataset, cfg.activation, seed=seed, weight_standardization=cfg.weight_standardization
+    )
+    return model, noise_key
 
 
 def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=None,
