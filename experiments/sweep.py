@@ -183,8 +183,6 @@ def status(out: Path, cfg: TrainConfig) -> str:
     """
     if out.exists() and not out.is_dir():
         raise ToolkitError(f"{out} is a file; a sweep needs a run directory there.")
-    if (out / rundir.SUMMARY).exists():
-        return "skip"
     if (out / rundir.CONFIG).exists():
         stored = rundir.read_config(out)
         requested = stored.get("requested") if isinstance(stored, dict) else None
@@ -192,7 +190,9 @@ def status(out: Path, cfg: TrainConfig) -> str:
             raise ToolkitError(
                 f"{out} holds a run of a different config; move it away or rename the sweep."
             )
-        return "resume"
+        return "skip" if (out / rundir.SUMMARY).exists() else "resume"
+    if (out / rundir.SUMMARY).exists():
+        raise ToolkitError(f"{out} has a {rundir.SUMMARY} but no {rundir.CONFIG}; move it away.")
     if out.exists() and any(out.iterdir()):
         raise ToolkitError(f"{out} exists, is not empty and holds no run; move it away.")
     return "train"
