@@ -157,11 +157,11 @@ def train(cfg: TrainConfig, *, out: Path | None = None, progress: bool = False,
     """
     if out is not None:
         rundir.prepare_new(out)
+    sink = TensorBoardSink(tensorboard) if tensorboard is not None else None  # checks the extra
     data = load_data(cfg)
     requested = cfg.to_dict()
     cfg = resolve(cfg, num_examples=len(data.train_labels))
     s = setup(cfg, data, out=out)
-    sink = TensorBoardSink(tensorboard) if tensorboard is not None else None  # checks the extra
     if out is not None:
         privacy = privacy_params(cfg, num_examples=len(data.train_labels))
         extra = {
