@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import pyplot as plt
-from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from experiments import settings
 from experiments.records import (
@@ -177,8 +177,9 @@ def trace_figure(
                     ax.axhline(c, color="black", linestyle="--", linewidth=0.8,
                                label=f"clipping norm C={c:g}")  # fmt: skip
         if log:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.set_yscale("log")  # ticks at 1, 2, 5 x 10^k, written plainly ("0.1", "20")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
