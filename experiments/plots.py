@@ -16,6 +16,7 @@ a figure needs is skipped with a warning naming it (`experiments.records`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 from collections.abc import Sequence
@@ -94,41 +95,65 @@ PARETO_NOTE = (
 )
 
 
-def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
-    """Figure 3. A private run with sigma = 0 has eps = inf at every epoch: it is drawn as a
-    horizontal line at its final accuracy, labelled 'eps=inf, no DP guarantee'."""
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One setting of a pareto figure: mean and min-max band of accuracy (%) per epoch."""
+
+    label: str
+    eps: np.ndarray  # eps spent after each epoch; inf for sigma = 0
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def no_guarantee(self) -> bool:
+        return not bool(np.all(np.isfinite(self.eps)))
+
+
+def pareto_curves(
+    runs: Sequence[Run], *, accountant: str
+) -> tuple[list[Curve], list[tuple[float, float]]]:
+    """The curves of Figure 3 and the Pareto frontier over every finite (eps, accuracy %)."""
     private = [r for r in runs if r.config.private]
     if not private:
         raise ToolkitError("pareto needs at least one private run (eps is undefined otherwise).")
     private = with_epsilon(with_metric(private, "test_accuracy", per_epoch=True), accountant,
                            per_epoch=True)  # fmt: skip
     groups = group_by_setting(private)
+    curves, points = [], []
+    for group, label in zip(groups, _labels(groups)):
+        mean, lo, hi = _band([[a * 100 for a in r.series("test_accuracy")] for r in group])
+        first = group[0]
+        eps = [epsilon_value(first, e.epsilon, accountant) for e in first.epochs[: len(mean)]]
+        curve = Curve(label, np.array(eps, dtype=float), mean, lo, hi)
+        if curve.no_guarantee:
+            curve = dataclasses.replace(curve, label=f"{label}: final acc., {_eps_text(math.inf)}")
+        curves.append(curve)
+        for r in group:
+            e = [epsilon_value(r, rec.epsilon, accountant) for rec in r.epochs]
+            points += [(x, 100 * a) for x, a in zip(e, r.series("test_accuracy"))]
+    return curves, pareto_frontier([(e, a) for e, a in points if math.isfinite(e)])
+
+
+def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
+    """Figure 3. A private run with sigma = 0 has eps = inf at every epoch: it is drawn as a
+    horizontal line at its final accuracy, labelled 'eps=inf, no DP guarantee'."""
+    curves, front = pareto_curves(runs, accountant=accountant)
     with plt.rc_context(PAPER_RC):
         fig, ax = plt.subplots(figsize=(3.4, 2.6))
-        points = []
-        for group, label in zip(groups, _labels(groups)):
-            first = group[0]
-            eps = np.array(
-                [epsilon_value(first, e.epsilon, accountant) for e in first.epochs], dtype=float
-            )
-            mean, lo, hi = _band([[a * 100 for a in r.series("test_accuracy")] for r in group])
-            n = len(mean)
-            if not np.all(np.isfinite(eps[:n])):
-                ax.axhline(mean[-1], color="grey", linestyle="-.", linewidth=0.8,
-                           label=f"{label}: final acc., {_eps_text(math.inf)}")  # fmt: skip
+        for c in curves:
+            if c.no_guarantee:
+                ax.axhline(c.mean[-1], color="grey", linestyle="-.", linewidth=0.8,
+                           label=c.label)  # fmt: skip
                 continue
-            (line,) = ax.plot(eps[:n], mean, marker="o", markersize=2.5, label=label)
-            ax.fill_between(eps[:n], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-            for r in group:
-                e = [epsilon_value(r, rec.epsilon, accountant) for rec in r.epochs]
-                points += list(zip(e, r.series("test_accuracy")))
-        front = pareto_frontier([(e, a * 100) for e, a in points if math.isfinite(e)])
+            (line,) = ax.plot(c.eps, c.mean, marker="o", markersize=2.5, label=c.label)
+            ax.fill_between(c.eps, c.lo, c.hi, color=line.get_color(), alpha=0.2, linewidth=0)
         if front:
             ax.step(*zip(*front), where="post", color="black", linestyle="--", linewidth=0.8,
                     label="Pareto frontier (all runs)")  # fmt: skip
         ax.set_xlabel(f"epsilon spent after each epoch ({accountant})")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(_title(private, accountant))
+        ax.set_title(_title([r for r in runs if r.config.private], accountant))
         ax.grid(alpha=0.3)
         _legend_below(ax, fig)
         _note(fig, PARETO_NOTE)

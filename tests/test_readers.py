@@ -160,6 +160,11 @@ def test_eps_inf_run_is_shown_as_no_dp_guarantee(tmp_path):
             args += ["--out", str(tmp_path / command[-1])]
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and res.exception is None, res.output
+    curves, front = plots.pareto_curves(records.find_runs([root]), accountant="rdp-classic")
+    inf_curve = next(c for c in curves if c.no_guarantee)
+    assert inf_curve.label.endswith("final acc., eps=inf, no DP guarantee")
+    assert inf_curve.mean[-1] == pytest.approx(80.0, rel=1e-12)
+    assert front == [(1.0, 50.0), (1.5, 60.0), (2.0, 70.0)]  # the finite run's epochs only
     # Only a sigma = 0 run: the pareto figure has no finite eps and still draws it.
     res = runner.invoke(app, ["pareto", str(root / "sigma0"), "--out", str(tmp_path / "only")])
     assert res.exit_code == 0, res.output

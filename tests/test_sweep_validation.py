@@ -59,6 +59,17 @@ BAD_SPECS = {
 }  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _no_run_may_start(monkeypatch):
+    """Every case here must stop before a run starts; if one did not, fail at once (rather
+    than train on the real data set for minutes)."""
+
+    def started(config, out):
+        raise AssertionError(f"a run started: {out}")
+
+    monkeypatch.setattr(sweep, "run_one", started)
+
+
 def _invoke(args):
     res = runner.invoke(app, ["sweep", *map(str, args)])
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
