@@ -139,7 +139,7 @@ def expand(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
             cfg = TrainConfig(**_settings(point))
             validate(cfg)
         except (TypeError, ValueError) as e:  # ToolkitError is a ValueError
-            errors.append(f"sweep point {name}: {e}")
+            errors.append(f"sweep point {name}: {e}" if keys else f"[base]: {e}")
             continue
         runs.append((name, cfg))
     if errors:
