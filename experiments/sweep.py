@@ -16,6 +16,10 @@ spelling out the grid values. Finished runs (summary.json present) are
 skipped, unfinished ones resumed from their last checkpoint, so a sweep
 restarts after a crash without redoing work.
 
+Nothing runs until the whole sweep is valid: the file's tables and keys (a misspelled
+one gets a did-you-mean), every grid point through `toolkit.config.validate` (train's
+own checks of types and ranges), the root and every run directory (`plan`).
+
 Executors: `local` runs in this process (workers=1) or a spawn-based process
 pool; `ray` submits the same function as Ray tasks to an existing cluster
 (`address`), each writing its run directory to storage all nodes share.
