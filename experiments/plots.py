@@ -2,23 +2,39 @@
 
 - `pareto_figure`: Figure 3, test accuracy against eps (eps grows with the
   epoch), mean and min-max band over seeds, plus the Pareto frontier of all runs.
+  Each point is one epoch of a run whose noise was set for its final eps.
 - `trace_figure`: Figures 4 and 5, a per-epoch metric (pre-clip gradient norm,
-  first-conv activation norm) for each setting, mean and band over seeds.
+  first-conv activation norm) for each setting, mean and min-max band over seeds,
+  with a reference line at the clipping norm C for gradient norms.
+
+Legends name what differs between settings (`experiments.settings`) and count distinct
+seeds; a note under each figure says what the line and band are. A run that lacks what
+a figure needs is skipped with a warning naming it (`experiments.records`).
 - `grid_figure`: Figure 2, final accuracy over tempered-sigmoid triplets (s, T, o),
   with the mean of the best 10% triplets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import pyplot as plt
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from experiments.records import Run, group_by_setting
+from experiments import settings
+from experiments.records import (
+    Run,
+    epsilon_value,
+    group_by_setting,
+    seeds,
+    with_epsilon,
+    with_metric,
+)
 from toolkit.errors import ToolkitError
 from toolkit.plotting import PAPER_RC, save_figure
 
@@ -39,6 +55,29 @@ def _title(runs: Sequence[Run], accountant: str | None) -> str:
     return text
 
 
+def _labels(groups: Sequence[Sequence[Run]]) -> list[str]:
+    """One legend label per setting, naming what differs; n = distinct seeds."""
+    labels = settings.distinct_labels([g[0].setting for g in groups], [g[0].label for g in groups])
+    return [f"{lab} (n={len(seeds(g))})" for lab, g in zip(labels, groups)]
+
+
+def _eps_text(eps: float | None) -> str:
+    if eps is None:
+        return "non-private"
+    return "eps=inf, no DP guarantee" if math.isinf(eps) else f"eps={eps:.2f}"
+
+
+def _legend_below(ax, fig) -> None:
+    """The legend under the axes, where it cannot cover a curve."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
+
+
+def _note(fig, text: str) -> None:
+    """A caption line under everything (what the line, band and points are)."""
+    fig.text(0.0, 1.0, "\n".join(textwrap.wrap(text, 70)), ha="left", va="bottom",
+             fontsize=6, transform=fig.transFigure)  # fmt: skip
+
+
 def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points not dominated by one with smaller-or-equal eps and higher accuracy."""
     frontier, best = [], -math.inf
@@ -49,33 +88,84 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, 
     return frontier
 
 
-def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
+PARETO_NOTE = (
+    "Each point is one epoch of a run: its test accuracy against the eps spent so far. "
+    "Each run's noise was set for its final (rightmost) eps, so a point is not a run "
+    "trained for that eps. Line: mean over seeds; band: min-max over seeds."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One setting of a pareto figure: mean and min-max band of accuracy (%) per epoch."""
+
+    label: str
+    eps: np.ndarray  # eps spent after each epoch; inf for sigma = 0
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def no_guarantee(self) -> bool:
+        return not bool(np.all(np.isfinite(self.eps)))
+
+
+def pareto_curves(
+    runs: Sequence[Run], *, accountant: str
+) -> tuple[list[Curve], list[tuple[float, float]]]:
+    """The curves of Figure 3 and the Pareto frontier over every finite (eps, accuracy %)."""
     private = [r for r in runs if r.config.private]
     if not private:
         raise ToolkitError("pareto needs at least one private run (eps is undefined otherwise).")
+    private = with_epsilon(with_metric(private, "test_accuracy", per_epoch=True), accountant,
+                           per_epoch=True)  # fmt: skip
+    groups = group_by_setting(private)
+    curves, points = [], []
+    for group, label in zip(groups, _labels(groups)):
+        mean, lo, hi = _band([[a * 100 for a in r.series("test_accuracy")] for r in group])
+        first = group[0]
+        eps = [epsilon_value(first, e.epsilon, accountant) for e in first.epochs[: len(mean)]]
+        curve = Curve(label, np.array(eps, dtype=float), mean, lo, hi)
+        if curve.no_guarantee:
+            curve = dataclasses.replace(curve, label=f"{label}: final acc., {_eps_text(math.inf)}")
+        curves.append(curve)
+        for r in group:
+            e = [epsilon_value(r, rec.epsilon, accountant) for rec in r.epochs]
+            points += [(x, 100 * a) for x, a in zip(e, r.series("test_accuracy"))]
+    return curves, pareto_frontier([(e, a) for e, a in points if math.isfinite(e)])
+
+
+def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
+    """Figure 3. A private run with sigma = 0 has eps = inf at every epoch: it is drawn as a
+    horizontal line at its final accuracy, labelled 'eps=inf, no DP guarantee'."""
+    curves, front = pareto_curves(runs, accountant=accountant)
     with plt.rc_context(PAPER_RC):
         fig, ax = plt.subplots(figsize=(3.4, 2.6))
-        points = []
-        for group in group_by_setting(private):
-            eps = np.array(group[0].series(f"epsilon.{accountant}"), dtype=float)
-            mean, lo, hi = _band([[a * 100 for a in r.series("test_accuracy")] for r in group])
-            n = len(mean)
-            label = f"{group[0].label} (n={len(group)})"
-            (line,) = ax.plot(eps[:n], mean, marker="o", markersize=2, label=label)
-            ax.fill_between(eps[:n], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-            for r in group:
-                points += list(zip(r.series(f"epsilon.{accountant}"), r.series("test_accuracy")))
-        front = pareto_frontier([(e, a * 100) for e, a in points if e is not None])
-        ax.step(*zip(*front), where="post", color="black", linestyle="--", linewidth=0.8,
-                label="Pareto frontier (all runs)")  # fmt: skip
-        ax.set_xlabel(f"epsilon ({accountant}, delta fixed)")
+        for c in curves:
+            if c.no_guarantee:
+                ax.axhline(c.mean[-1], color="grey", linestyle="-.", linewidth=0.8,
+                           label=c.label)  # fmt: skip
+                continue
+            (line,) = ax.plot(c.eps, c.mean, marker="o", markersize=2.5, label=c.label)
+            ax.fill_between(c.eps, c.lo, c.hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if front:
+            ax.step(*zip(*front), where="post", color="black", linestyle="--", linewidth=0.8,
+                    label="Pareto frontier (all runs)")  # fmt: skip
+        ax.set_xlabel(f"epsilon spent after each epoch ({accountant})")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(_title(private, accountant))
+        ax.set_title(_title([r for r in runs if r.config.private], accountant))
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        _legend_below(ax, fig)
+        _note(fig, PARETO_NOTE)
         written = save_figure(fig, out)
         plt.close(fig)
     return written
+
+
+TRACE_NOTE = (
+    "Line: mean over seeds (n = distinct seeds); band: min-max over seeds; "
+    "solid: DP-SGD, dotted: non-private SGD."
+)
 
 
 def trace_figure(
@@ -87,28 +177,42 @@ def trace_figure(
     accountant: str = "rdp-classic",
     log: bool = True,
 ) -> list[Path]:
-    """A per-epoch metric for each setting (e.g. 'grad_norm.median'), mean and band over seeds."""
+    """A per-epoch metric for each setting (e.g. 'grad_norm.median'), mean and band over seeds.
+
+    Every epoch is a marker, so a one-epoch run is visible. For a gradient-norm field, a
+    reference line at each clipping norm C of the private runs (norms above it are clipped).
+    """
+    runs = with_epsilon(with_metric(runs, field, per_epoch=True), accountant)
+    groups = sorted(group_by_setting(runs), key=lambda g: g[0].label)
     with plt.rc_context(PAPER_RC):
         fig, ax = plt.subplots(figsize=(3.4, 2.6))
-        for group in sorted(group_by_setting(runs), key=lambda g: g[0].label):
+        for group, label in zip(groups, _labels(groups)):
             mean, lo, hi = _band([r.series(field) for r in group])
             epochs = np.arange(1, len(mean) + 1)
             first = group[0]
-            label = f"{first.label} (n={len(group)})"
             if first.config.private:
-                label += f", eps={first.summary.epsilon[accountant]:.2f}"
+                label += ", " + _eps_text(epsilon_value(first, first.summary.epsilon, accountant))
             style = "-" if first.config.private else ":"
-            (line,) = ax.plot(epochs, mean, style, label=label)
+            (line,) = ax.plot(epochs, mean, style, marker="o", markersize=2.5, label=label)
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if field.startswith("grad_norm."):
+            clips = sorted({r.config.clip_norm for r in runs if r.config.private})
+            for c in clips:
+                if math.isfinite(c):
+                    ax.axhline(c, color="black", linestyle="--", linewidth=0.8,
+                               label=f"clipping norm C={c:g}")  # fmt: skip
         if log:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.set_yscale("log")  # ticks at 1, 2, 5 x 10^k, written plainly ("0.1", "20")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(_title(runs, accountant), fontsize=7)
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
+        _legend_below(ax, fig)
+        _note(fig, TRACE_NOTE)
         written = save_figure(fig, out)
         plt.close(fig)
     return written
@@ -117,7 +221,7 @@ def trace_figure(
 def best_triplets(runs: Sequence[Run], fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """(triplets sorted by accuracy, mean of the best `fraction`): rows (s, T, o, accuracy)."""
     rows = []
-    for r in runs:
+    for r in with_metric(runs, "test_accuracy"):
         a = r.config.activation
         if a.name != "tempered":
             continue
@@ -130,8 +234,9 @@ def best_triplets(runs: Sequence[Run], fraction: float = 0.1) -> tuple[np.ndarra
 
 
 def grid_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
+    runs = with_epsilon(with_metric(runs, "test_accuracy"), accountant)
     table, best = best_triplets(runs)
-    eps = runs[0].summary.epsilon.get(accountant) if runs[0].config.private else None
+    eps = epsilon_value(runs[0], runs[0].summary.epsilon, accountant)
     with plt.rc_context(PAPER_RC):
         fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.3), sharey=True)
         for i, (ax, name) in enumerate(zip(axes, ("scale s", "inverse temperature T", "offset o"))):
@@ -143,7 +248,7 @@ def grid_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> lis
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("test accuracy (%)")
         fig.colorbar(sc, ax=axes, label="test accuracy (%)", fraction=0.05)
-        eps_text = f"eps={eps:.2f} ({accountant})" if eps is not None else "non-private"
+        eps_text = _eps_text(eps) + (f" ({accountant})" if eps is not None else "")
         fig.suptitle(
             f"{_title(runs, None)}: {len(table)} triplets at {eps_text}; red: mean of best 10% "
             f"(s={best[0]:.2f}, T={best[1]:.2f}, o={best[2]:.2f})"

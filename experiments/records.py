@@ -4,22 +4,29 @@ A `Run` is what `toolkit train --out DIR` wrote: the resolved `TrainConfig`, one
 `EpochRecord` per epoch, and the `RunSummary` (None while the run is unfinished), all
 read through `toolkit.rundir`, the one place that knows the JSON. Runs are grouped by
 their config minus the seed, so seeds of the same setting become one curve with a band.
-A run directory that cannot be read is skipped with a warning that names it.
+A run directory that cannot be read, or lacks what a table or figure needs (a
+--validation run has no test accuracy), is skipped with a one-line warning that names
+it, and the rest are used.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.settings import NOT_SETTINGS
 from toolkit import accounting, rundir
-from toolkit.config import TrainConfig
+from toolkit.config import TrainConfig, check_types
 from toolkit.errors import ToolkitError
 from toolkit.records import EpochRecord, RunSummary
+
+# config.json fields every run has; fields added later (HASH_DEFAULTS) may be absent.
+_REQUIRED = {f.name for f in dataclasses.fields(TrainConfig)} - set(TrainConfig.HASH_DEFAULTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +45,27 @@ class Run:
         return self.config.activation.label
 
     @property
+    def training(self) -> str:
+        """'DP-SGD', 'SGD', or, for a private run with sigma = 0, what that run really is."""
+        if not self.config.private:
+            return "SGD"
+        if self.config.noise_multiplier == 0:
+            return "DP-SGD, sigma=0 (no DP guarantee)"
+        return "DP-SGD"
+
+    @property
     def label(self) -> str:
         """'tanh, DP-SGD' or 'relu, SGD' style label."""
-        return f"{self.activation_label}, {'DP-SGD' if self.config.private else 'SGD'}"
+        return f"{self.activation_label}, {self.training}"
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        """The config as JSON without the seed and data location."""
+        return {k: v for k, v in self.config.to_dict().items() if k not in NOT_SETTINGS}
 
     def setting_key(self) -> tuple:
         """The config without the seed (and data location): seeds of one setting share it."""
-        d = {k: v for k, v in self.config.to_dict().items() if k not in ("seed", "data_dir")}
-        return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items()))
+        return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in self.setting.items()))
 
     def series(self, field: str) -> list[Any]:
         """Per-epoch values of a (dotted) field, e.g. 'grad_norm.median' or 'epsilon.pld'.
@@ -62,7 +82,7 @@ def _lookup(record: Any, field: str) -> Any:
             value = value.get(part)
         elif dataclasses.is_dataclass(value) and hasattr(value, part):
             value = getattr(value, part)
-        elif isinstance(value, EpochRecord):
+        elif isinstance(value, EpochRecord | RunSummary):
             value = value.metrics.get(part)
         else:
             return None
@@ -73,19 +93,33 @@ def load_run(path: str | Path) -> Run:
     """A `toolkit train` run directory; ToolkitError if it is corrupt or of another kind."""
     path = Path(path)
     record = rundir.read_config(path)
+    where = path / rundir.CONFIG
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ToolkitError(f"{where} holds no run config (a JSON object with 'config').")
     if record.get("kind", "train") != "train":
         raise ToolkitError(f"{path} is a {record.get('kind')} run, not a toolkit train run.")
+    # Fields added after a run was recorded take their defaults; any other missing
+    # field means the file is not (all of) a run config.
+    missing = sorted(_REQUIRED - set(record["config"]))
+    if missing:
+        raise ToolkitError(f"{where} lacks {', '.join(missing)}: not a complete run config.")
     try:
         config = TrainConfig.from_dict(record["config"])
+        check_types(config)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ToolkitError(f"{path / rundir.CONFIG} is not a valid run config ({e}).") from None
-    return Run(path, config, rundir.read_epochs(path), rundir.read_summary(path))
+        raise ToolkitError(f"{where} is not a valid run config ({e}).") from None
+    try:
+        epochs, summary = rundir.read_epochs(path), rundir.read_summary(path)
+    except (TypeError, ValueError, AttributeError) as e:  # RecordError is a ValueError
+        raise ToolkitError(str(e) if isinstance(e, ToolkitError) else f"{path}: {e}") from None
+    return Run(path, config, epochs, summary)
 
 
 def find_runs(paths: Iterable[str | Path], *, finished_only: bool = True) -> list[Run]:
     """Runs at or below the given paths (a path may be a run or a directory of runs).
 
-    A run that cannot be read is skipped with a warning naming it.
+    A run that cannot be read is skipped with a one-line warning naming it; so is an
+    unfinished one when `finished_only`.
     """
     paths = list(paths)
     runs: list[Run] = []
@@ -99,14 +133,88 @@ def find_runs(paths: Iterable[str | Path], *, finished_only: bool = True) -> lis
         )
         for c in candidates:
             try:
-                runs.append(load_run(c))
+                run = load_run(c)
             except ToolkitError as e:
-                warnings.warn(f"skipping run {c}: {e}", stacklevel=2)
-    if finished_only:
-        runs = [r for r in runs if r.finished]
+                skip(c, str(e))
+                continue
+            if finished_only and not run.finished:
+                skip(c, f"unfinished ({len(run.epochs)}/{run.config.epochs} epochs, no summary)")
+                continue
+            runs.append(run)
     if not runs:
-        raise ToolkitError(f"no finished runs under {', '.join(map(str, paths))}.")
+        raise ToolkitError(f"no usable finished runs under {', '.join(map(str, paths))}.")
     return runs
+
+
+def skip(path: str | Path, reason: str) -> None:
+    """Warn, on one line, that the run at `path` is left out and why."""
+    reason = " ".join(str(reason).split())  # one line, whatever the cause says
+    warnings.warn(f"skipping run {path}: {reason}", RunSkipped, stacklevel=3)
+
+
+class RunSkipped(UserWarning):
+    """A run directory that a table or figure leaves out (corrupt, partial, incompatible)."""
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def with_metric(runs: Sequence[Run], field: str, *, per_epoch: bool = False) -> list[Run]:
+    """The runs that recorded `field` as a number (in the summary, or in every epoch).
+
+    Others are skipped with a warning: e.g. a --validation run has `val_accuracy`, not
+    `test_accuracy`, and pooling it with test numbers would mix two quantities.
+    ToolkitError if none is left.
+    """
+    kept = []
+    for r in runs:
+        if per_epoch:
+            values = r.series(field)
+            bad = not values or not all(_number(v) for v in values)
+        else:
+            bad = r.summary is None or not _number(_lookup(r.summary, field))
+        if bad:
+            hint = ""
+            if field.endswith("test_accuracy") and r.config.validation:
+                hint = f" (a --validation {r.config.validation} run: it reports val_accuracy)"
+            where = "every epoch" if per_epoch else "its summary"
+            skip(r.path, f"no numeric {field} in {where}{hint}")
+        else:
+            kept.append(r)
+    if not kept:
+        raise ToolkitError(f"none of the {len(runs)} runs recorded {field}; nothing to show.")
+    return kept
+
+
+def with_epsilon(runs: Sequence[Run], accountant: str, *, per_epoch: bool = False) -> list[Run]:
+    """Drop (with a warning) private runs whose records lack `accountant`'s eps."""
+    kept = []
+    for r in runs:
+        records = r.epochs if per_epoch else [r.summary]
+        if r.config.private and any(
+            rec is None or accountant not in rec.epsilon for rec in records
+        ):
+            skip(r.path, f"no eps recorded under accountant {accountant}")
+        else:
+            kept.append(r)
+    if not kept:
+        raise ToolkitError(f"none of the {len(runs)} runs recorded eps under {accountant}.")
+    return kept
+
+
+def epsilon_value(run: Run, eps: Mapping[str, float | None], accountant: str) -> float | None:
+    """eps under `accountant`: None for a non-private run, inf for a private run whose
+    records hold no finite eps (sigma = 0: no DP guarantee)."""
+    if not run.config.private:
+        return None
+    value = eps.get(accountant)
+    return math.inf if value is None else float(value)
+
+
+def seeds(group: Sequence[Run]) -> list[int]:
+    """The distinct seeds of a group (two run directories of one seed are one sample)."""
+    return sorted({r.config.seed for r in group})
 
 
 def group_by_setting(runs: Sequence[Run]) -> list[list[Run]]:

@@ -16,6 +16,10 @@ spelling out the grid values. Finished runs (summary.json present) are
 skipped, unfinished ones resumed from their last checkpoint, so a sweep
 restarts after a crash without redoing work.
 
+Nothing runs until the whole sweep is valid: the file's tables and keys (a misspelled
+one gets a did-you-mean), every grid point through `toolkit.config.validate` (train's
+own checks of types and ranges), the root and every run directory (`plan`).
+
 Executors: `local` runs in this process (workers=1) or a spawn-based process
 pool; `ray` submits the same function as Ray tasks to an existing cluster
 (`address`), each writing its run directory to storage all nodes share.
@@ -25,9 +29,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import difflib
 import itertools
 import json
 import multiprocessing
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +43,19 @@ import tomllib
 
 from toolkit import rundir
 from toolkit.activations import ActivationSpec
-from toolkit.config import TrainConfig, preset
+from toolkit.config import TrainConfig, preset, validate
 from toolkit.errors import ToolkitError
 
 EXECUTORS = ("local", "ray")
+_TABLES = ("base", "grid")
 _TEMPERED_KEYS = ("scale", "inverse_temp", "offset")
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_KEYS = sorted(_FIELDS | {"preset", *_TEMPERED_KEYS})
+
+
+def _did_you_mean(word: str, choices: Sequence[str], fmt: str = "{!r}") -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {fmt.format(close[0])}?" if close else ""
 
 
 def _activation(value: Any) -> ActivationSpec:
@@ -57,10 +70,10 @@ def _activation(value: Any) -> ActivationSpec:
 
 def _settings(point: dict[str, Any]) -> dict[str, Any]:
     settings = preset(point.pop("preset")) if "preset" in point else {}
+    pair = ("noise_multiplier", "target_epsilon")
+    if any(k in point for k in pair):  # as on the command line: the pair is replaced together
+        settings.update(dict.fromkeys(pair))
     tempered = {k: point.pop(k) for k in _TEMPERED_KEYS if k in point}
-    unknown = set(point) - _FIELDS
-    if unknown:
-        raise ToolkitError(f"sweep keys {sorted(unknown)} are not TrainConfig fields.")
     settings.update(point)
     if "activation" in settings:
         settings["activation"] = _activation(settings["activation"])
@@ -81,22 +94,61 @@ def _name_part(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.=,+-]", "", f"{key}={text}")
 
 
-def expand(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
-    """(name, config) for every grid point of a parsed sweep spec."""
-    base = dict(spec.get("base", {}))
-    grid = spec.get("grid", {})
-    for key, values in grid.items():
+def check_spec(spec: dict[str, Any]) -> None:
+    """The shape of a sweep file: tables [base] and [grid] only, known keys, grid lists."""
+    for table in spec:
+        if table not in _TABLES:
+            kind = "table" if isinstance(spec[table], dict) else "top-level key"
+            hint = _did_you_mean(table, _TABLES, "[{}]")
+            if kind == "top-level key" and not hint and table in _KEYS:
+                hint = "; settings go under [base] (one value) or [grid] (a list)"
+            end = "" if hint.endswith("?") else "."
+            raise ToolkitError(
+                f"{kind} [{table}] is unknown (a sweep file has [base] and [grid]){hint}{end}"
+            )
+        if not isinstance(spec[table], dict):
+            raise ToolkitError(f"[{table}] must be a table, got {spec[table]!r}.")
+        for key in spec[table]:
+            if key not in _KEYS:
+                hint = _did_you_mean(key, _KEYS) or "."
+                raise ToolkitError(
+                    f"{table}.{key} is not a setting (settings: the TrainConfig fields, "
+                    f"preset, scale, inverse_temp, offset){hint}"
+                )
+    for key, values in spec.get("grid", {}).items():
         if not isinstance(values, list) or not values:
             raise ToolkitError(f"grid.{key}={values!r} must be a non-empty list.")
+
+
+def expand(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
+    """(name, config) for every grid point of a parsed sweep spec, each validated.
+
+    Every point goes through `toolkit.config.validate`, train's own checks (types and
+    ranges), before anything runs; the first bad point is named, with a count of the
+    others. Checks that need the data (batch_size <= N) happen when the run starts.
+    """
+    check_spec(spec)
+    base = dict(spec.get("base", {}))
+    grid = spec.get("grid", {})
     keys = list(grid)
-    runs = []
+    runs, errors = [], []
     for combo in itertools.product(*(grid[k] for k in keys)):
         point = {**base, **dict(zip(keys, combo))}
-        name = "_".join(_name_part(k, v) for k, v in zip(keys, combo)) or "run"
         try:
-            runs.append((name, TrainConfig(**_settings(point))))
+            name = "_".join(_name_part(k, v) for k, v in zip(keys, combo)) or "run"
         except (TypeError, ValueError) as e:
-            raise ToolkitError(f"sweep point {name}: {e}") from None
+            errors.append(f"grid point {dict(zip(keys, combo))}: {e}")
+            continue
+        try:
+            cfg = TrainConfig(**_settings(point))
+            validate(cfg)
+        except (TypeError, ValueError) as e:  # ToolkitError is a ValueError
+            errors.append(f"sweep point {name}: {e}" if keys else f"[base]: {e}")
+            continue
+        runs.append((name, cfg))
+    if errors:
+        more = f" (and {len(errors) - 1} more bad points)" if len(errors) > 1 else ""
+        raise ToolkitError(f"{errors[0].rstrip('.')}{more}; nothing was run.")
     names = [n for n, _ in runs]
     if len(set(names)) != len(names):
         raise ToolkitError("sweep grid produces duplicate run names; make grid values distinct.")
@@ -109,8 +161,98 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ToolkitError(f"sweep file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ToolkitError(f"sweep file {path} is a directory; give a TOML file.") from None
+    except UnicodeDecodeError:
+        raise ToolkitError(f"sweep file {path} is not a text (UTF-8 TOML) file.") from None
+    except OSError as e:
+        raise ToolkitError(f"sweep file {path} cannot be read ({e.strerror or e}).") from None
     except tomllib.TOMLDecodeError as e:
         raise ToolkitError(f"sweep file {path} is not valid TOML ({e}).") from None
+
+
+def load(path: str | Path) -> list[tuple[str, TrainConfig]]:
+    """Read and validate a sweep file; errors name the file."""
+    spec = load_spec(path)
+    try:
+        return expand(spec)
+    except ToolkitError as e:
+        raise ToolkitError(f"sweep file {path}: {e}") from None
+
+
+def status(out: Path, cfg: TrainConfig) -> str:
+    """What a sweep will do with `out`: 'train', 'resume' or 'skip' (finished).
+
+    ToolkitError if `out` is a file, or a run of another config.
+    """
+    if out.exists() and not out.is_dir():
+        raise ToolkitError(f"{out} is a file; a sweep needs a run directory there.")
+    if (out / rundir.CONFIG).exists():
+        stored = rundir.read_config(out)
+        requested = stored.get("requested") if isinstance(stored, dict) else None
+        if requested is not None and requested != json.loads(json.dumps(cfg.to_dict())):
+            raise ToolkitError(
+                f"{out} holds a run of a different config; move it away or rename the sweep."
+            )
+        return "skip" if (out / rundir.SUMMARY).exists() else "resume"
+    if (out / rundir.SUMMARY).exists():
+        raise ToolkitError(f"{out} has a {rundir.SUMMARY} but no {rundir.CONFIG}; move it away.")
+    if out.exists() and any(out.iterdir()):
+        raise ToolkitError(f"{out} exists, is not empty and holds no run; move it away.")
+    return "train"
+
+
+def check_root(root: str | Path) -> Path:
+    """`root` can hold the sweep's run directories: a directory, or creatable and writable."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ToolkitError(f"--root={root} is a file; give a directory for the run directories.")
+    anchor = root.absolute()
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise ToolkitError(f"--root={root} is below the file {anchor}; give a directory.")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ToolkitError(f"--root={root} is not writable ({anchor}); choose another directory.")
+    return root
+
+
+def plan(runs: Sequence[tuple[str, TrainConfig]], root: str | Path) -> dict[str, str]:
+    """name -> 'train' | 'resume' | 'skip' for every run, after checking every run directory.
+
+    Nothing is written: a bad root or run directory stops the sweep before any run starts.
+    """
+    root = check_root(root)
+    return {name: status(root / name, cfg) for name, cfg in runs}
+
+
+def describe(runs: Sequence[tuple[str, TrainConfig]], root: str | Path) -> list[str]:
+    """The dry run: the settings all runs share, then each run's directory, what will happen
+    to it, and its settings that differ from the others'."""
+    todo = plan(runs, root)
+    dicts = [cfg.to_dict() for _, cfg in runs]
+    differ = [k for k in dicts[0] if len({json.dumps(d[k], sort_keys=True) for d in dicts}) > 1]
+    shared = {k: v for k, v in dicts[0].items() if k not in differ}
+    counts = {s: sum(v == s for v in todo.values()) for s in ("train", "resume", "skip")}
+    lines = [
+        f"{len(runs)} runs under {root}: {counts['train']} to train, {counts['resume']} to "
+        f"resume, {counts['skip']} finished (skipped)",
+        "shared: " + ", ".join(f"{k}={_shown(k, v)}" for k, v in shared.items()),
+    ]
+    for (name, _), d in zip(runs, dicts):
+        own = ", ".join(f"{k}={_shown(k, d[k])}" for k in differ) or "(no differences)"
+        lines.append(f"{todo[name]:>6}  {Path(root) / name}: {own}")
+    if any(d["private"] and d["noise_multiplier"] is None for d in dicts):
+        lines.append(
+            "sigma (noise_multiplier=None) is calibrated to target_epsilon when a run starts."
+        )
+    return lines
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "activation":
+        return ActivationSpec.from_dict(value).label
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def run_one(config: dict[str, Any], out: str) -> str:
@@ -122,14 +264,10 @@ def run_one(config: dict[str, Any], out: str) -> str:
     from toolkit import train as train_lib
 
     cfg, out_path = TrainConfig.from_dict(config), Path(out)
-    if (out_path / rundir.SUMMARY).exists():
+    todo = status(out_path, cfg)
+    if todo == "skip":
         return "skipped"
-    if (out_path / rundir.CONFIG).exists():
-        stored = rundir.read_config(out_path).get("requested")
-        if stored is not None and stored != json.loads(json.dumps(cfg.to_dict())):
-            raise ToolkitError(
-                f"{out_path} holds a run of a different config; move it away or rename the sweep."
-            )
+    if todo == "resume":
         train_lib.resume(out_path)
         return "resumed"
     train_lib.train(cfg, out=out_path)
@@ -138,6 +276,15 @@ def run_one(config: dict[str, Any], out: str) -> str:
 
 def _ray_run_one(config: dict[str, Any], out: str) -> str:
     return run_one(config, out)
+
+
+def check_executor(executor: str, workers: int) -> None:
+    if executor not in EXECUTORS:
+        raise ToolkitError(
+            f"executor={executor!r} is unknown; expected one of {', '.join(EXECUTORS)}."
+        )
+    if workers < 1:
+        raise ToolkitError(f"workers={workers} must be >= 1.")
 
 
 def run_sweep(
@@ -153,12 +300,8 @@ def run_sweep(
 
     `on_done(name, status)` is called as each run finishes (for progress).
     """
-    if executor not in EXECUTORS:
-        raise ToolkitError(
-            f"executor={executor!r} is unknown; expected one of {', '.join(EXECUTORS)}."
-        )
-    if workers < 1:
-        raise ToolkitError(f"workers={workers} must be >= 1.")
+    check_executor(executor, workers)
+    plan(runs, root)  # every run directory checked before the first run starts
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     jobs = {name: (cfg.to_dict(), str(root / name)) for name, cfg in runs}

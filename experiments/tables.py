@@ -1,75 +1,159 @@
 """Tables from run records: Table 3 (accuracy at fixed eps), Table 4 (best learning rates).
 
-Each row groups the seeds of one setting: mean +- std of the final test
-accuracy, the eps of the named accountant, the sampling, and the standard
-deviation of per-class accuracy (the paper's fairness note).
+Each row groups the seeds of one setting: mean +- std of the final test accuracy over
+the distinct seeds (two run directories of one seed are one sample; +- only from two
+seeds on), the eps of the named accountant (inf for a private run with sigma = 0: no
+DP guarantee), the sampling, and the standard deviation of per-class accuracy (the
+paper's fairness note). Besides the fixed columns, every other setting that varies
+across the runs shown gets a column (C, delta, momentum, clipping, ...), so two rows
+never look alike while being different settings.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.records import Run, group_by_setting
+from experiments import settings
+from experiments.records import (
+    Run,
+    epsilon_value,
+    group_by_setting,
+    seeds,
+    with_epsilon,
+    with_metric,
+)
+
+# Settings with a column of their own in every table.
+_FIXED_SETTINGS = (
+    "dataset", "activation", "private", "epochs", "batch_size", "optimizer", "lr",
+    "noise_multiplier", "sampling",
+)  # fmt: skip
+_RESULTS = ("seeds", "accuracy_mean", "accuracy_std", "per_class_std_mean", "epsilon")
+# The run's own accountant (calibration, headline) is not the table's eps accountant.
+_RENAMED = {"accountant": "run_accountant"}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _column(field: str) -> str:
+    return _RENAMED.get(field, field)
+
+
+def _field(column: str) -> str:
+    return {v: k for k, v in _RENAMED.items()}.get(column, column)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample std; std None for a single value (no spread to report)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _per_seed(group: Sequence[Run], field: str) -> list[float]:
+    """One value per distinct seed (the mean of that seed's runs, normally identical)."""
+    out = []
+    for seed in seeds(group):
+        values = [r.summary.metrics.get(field) for r in group if r.config.seed == seed]
+        values = [v for v in values if isinstance(v, int | float)]
+        if values:
+            out.append(statistics.fmean(values))
+    return out
 
 
 def accuracy_rows(runs: Sequence[Run], *, accountant: str) -> list[dict[str, Any]]:
-    """One row per setting (seeds pooled), sorted by dataset, privacy, activation."""
+    """One row per setting (seeds pooled), sorted by dataset, privacy, activation, lr.
+
+    Runs without a final test accuracy (e.g. --validation runs) or without eps under
+    `accountant` are left out with a warning naming them.
+    """
+    runs = with_epsilon(with_metric(runs, "test_accuracy"), accountant)
+    extra = [f for f in settings.varying([r.setting for r in runs]) if f not in _FIXED_SETTINGS]
     rows = []
     for group in group_by_setting(runs):
         first = group[0]
-        acc = _mean_std([r.summary.metrics["test_accuracy"] for r in group])
-        fair = _mean_std([r.summary.metrics["per_class_accuracy_std"] for r in group])
-        eps = first.summary.epsilon.get(accountant) if first.config.private else None
-        rows.append(
-            {
-                "dataset": first.config.dataset,
-                "activation": first.activation_label,
-                "training": "DP-SGD" if first.config.private else "non-private",
-                "epochs": first.config.epochs,
-                "batch_size": first.config.batch_size,
-                "optimizer": first.config.optimizer,
-                "lr": first.config.lr,
-                "noise_multiplier": first.config.noise_multiplier,
-                "epsilon": eps,
-                "accountant": accountant if eps is not None else "",
-                "sampling": first.config.sampling,
-                "seeds": len(group),
-                "accuracy_mean": acc[0],
-                "accuracy_std": acc[1],
-                "per_class_std_mean": fair[0],
-            }
+        acc = _mean_std(_per_seed(group, "test_accuracy"))
+        fair = _per_seed(group, "per_class_accuracy_std")
+        eps = epsilon_value(first, first.summary.epsilon, accountant)
+        row = {
+            "dataset": first.config.dataset,
+            "activation": first.activation_label,
+            "training": first.training if first.config.private else "non-private",
+            "epochs": first.config.epochs,
+            "batch_size": first.config.batch_size,
+            "optimizer": first.config.optimizer,
+            "lr": first.config.lr,
+            "noise_multiplier": first.config.noise_multiplier,
+            "epsilon": eps,
+            "accountant": accountant if eps is not None else "",
+            "sampling": first.config.sampling,
+        }
+        row.update({_column(f): first.setting.get(f) for f in extra})
+        row.update(
+            seeds=len(seeds(group)),
+            accuracy_mean=acc[0],
+            accuracy_std=acc[1],
+            per_class_std_mean=statistics.fmean(fair) if fair else None,
         )
-    rows.sort(key=lambda r: (r["dataset"], r["training"], r["activation"], r["lr"]))
+        rows.append(row)
+    rows.sort(
+        key=lambda r: (
+            r["dataset"], r["training"], r["activation"], r["epochs"], r["lr"],
+            json.dumps({f: r[_column(f)] for f in extra}, sort_keys=True, default=str),
+        )
+    )  # fmt: skip
     return rows
 
 
 def best_lr_rows(runs: Sequence[Run], *, accountant: str) -> list[dict[str, Any]]:
-    """Table 4: the best-accuracy lr for each (dataset, activation, optimizer, mode)."""
-    best: dict[tuple, dict[str, Any]] = {}
+    """Table 4: the best-accuracy lr for each setting that differs in anything but lr."""
+    best: dict[str, dict[str, Any]] = {}
     for row in accuracy_rows(runs, accountant=accountant):
-        key = (row["dataset"], row["activation"], row["optimizer"], row["training"])
+        key = json.dumps({k: v for k, v in row.items() if k not in (*_RESULTS, "lr")}, default=str)
         if key not in best or row["accuracy_mean"] > best[key]["accuracy_mean"]:
             best[key] = row
     return [best[k] for k in sorted(best)]
 
 
+def _eps(row: dict[str, Any]) -> str:
+    if row["epsilon"] is None:
+        return "-"
+    if math.isinf(row["epsilon"]):
+        return f"inf ({row['accountant']}; no DP guarantee)"
+    return f"{row['epsilon']:.2f} ({row['accountant']})"
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    mean = f"{100 * row['accuracy_mean']:.2f}"
+    return mean if row["accuracy_std"] is None else f"{mean} +- {100 * row['accuracy_std']:.2f}"
+
+
+def _extra(row: dict[str, Any]) -> list[str]:
+    return [k for k in row if k not in _BASE_KEYS]
+
+
+_BASE_KEYS = (
+    "dataset", "activation", "training", "epochs", "batch_size", "optimizer", "lr",
+    "noise_multiplier", "epsilon", "accountant", "sampling", *_RESULTS,
+)  # fmt: skip
+
+
 def _fmt(row: dict[str, Any]) -> list[str]:
-    eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f} ({row['accountant']})"
-    sigma = "-" if row["training"] == "non-private" else f"{row['noise_multiplier']:.3f}"
+    private = row["training"] != "non-private"
+    sigma = f"{row['noise_multiplier']:.3f}" if private else "-"
+    extra = [
+        settings.describe(_field(k), row[k])
+        if private or _field(k) not in settings.PRIVACY_FIELDS
+        else "-"
+        for k in _extra(row)
+    ]
+    fair = "-" if row["per_class_std_mean"] is None else f"{row['per_class_std_mean']:.3f}"
     return [
-        row["dataset"], row["activation"], row["training"], eps, row["sampling"], sigma,
-        str(row["epochs"]), str(row["batch_size"]), row["optimizer"], f"{row['lr']:g}",
-        str(row["seeds"]),
-        f"{100 * row['accuracy_mean']:.2f} +- {100 * row['accuracy_std']:.2f}",
-        f"{row['per_class_std_mean']:.3f}",
+        row["dataset"], row["activation"], row["training"], _eps(row),
+        row["sampling"] if private else "-", sigma, str(row["epochs"]), str(row["batch_size"]),
+        row["optimizer"], f"{row['lr']:g}", *extra, str(row["seeds"]), _accuracy(row), fair,
     ]  # fmt: skip
 
 
@@ -79,16 +163,31 @@ HEADER = [
 ]  # fmt: skip
 
 
+def header(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """HEADER with a column for each varying setting, before 'seeds'."""
+    extra = [settings.name(_field(k)) for k in _extra(rows[0])] if rows else []
+    at = HEADER.index("seeds")
+    return [*HEADER[:at], *extra, *HEADER[at:]]
+
+
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    cols = header(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """All row fields; an activation as its label, an unset std (one seed) as empty."""
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        for row in rows:
+            writer.writerow(
+                {
+                    k: "" if v is None else json.dumps(v) if isinstance(v, dict) else v
+                    for k, v in row.items()
+                }
+            )
     return buf.getvalue()

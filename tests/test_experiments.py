@@ -33,7 +33,7 @@ def test_expand_names_and_tempered_grid(tiny_data_dir):
     assert [c.activation.label for _, c in grid] == [
         "tempered(s=1,T=2,o=0.5)", "tempered(s=2,T=2,o=0.5)"
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="not TrainConfig fields"):
+    with pytest.raises(ValueError, match="learning_rate is not a setting"):
         sweep.expand(_spec(tiny_data_dir, learning_rate=[0.1]))
     with pytest.raises(ValueError, match="preset='nope'"):
         sweep.expand({"base": {"preset": "nope"}, "grid": {"seed": [0]}})

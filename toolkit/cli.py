@@ -71,13 +71,16 @@ def train(
     out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
     resume: Path = typer.Option(None, help="Continue the run in this directory."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    tensorboard: Path = typer.Option(
+        None, help="Also write per-epoch scalars as TensorBoard events here (extra: tensorboard)."
+    ),
 ) -> None:
     """Train a paper CNN with DP-SGD (or without privacy) and record the run."""
     from toolkit import config as config_lib
     from toolkit import train as train_lib
 
     if resume is not None:
-        result = train_lib.resume(resume, progress=not quiet)
+        result = train_lib.resume(resume, progress=not quiet, tensorboard=tensorboard)
         _print_summary(result.summary, resume)
         return
     flags = {
@@ -96,7 +99,7 @@ def train(
         flags, preset_name=preset, activation=activation, scale=scale,
         inverse_temp=inverse_temp, offset=offset, no_privacy=no_privacy,
     )  # fmt: skip
-    result = train_lib.train(cfg, out=out, progress=not quiet)
+    result = train_lib.train(cfg, out=out, progress=not quiet, tensorboard=tensorboard)
     _print_summary(result.summary, out)
 
 
@@ -175,25 +178,23 @@ def sweep(
     address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, train nothing."),
 ) -> None:
-    """Run a grid of configs; finished runs are skipped and unfinished ones resumed."""
-    from rich.progress import Progress
+    """Run a grid of configs; finished runs are skipped and unfinished ones resumed.
 
+    The whole sweep (every grid point, the root, every run directory) is validated
+    before the first run starts.
+    """
     from experiments import sweep as sweep_lib
+    from experiments.sweep_progress import SweepProgress
 
-    runs = sweep_lib.expand(sweep_lib.load_spec(spec))
+    runs = sweep_lib.load(spec)
     if dry_run:
-        for name, cfg in runs:
-            console.print(f"{root / name}: {cfg.activation.label}, seed {cfg.seed}")
+        console.print("\n".join(sweep_lib.describe(runs, root)), markup=False, highlight=False)
         return
-    with Progress(console=console) as bar:
-        task = bar.add_task(f"sweep {spec.name}", total=len(runs))
-
-        def on_done(name: str, status: str) -> None:
-            bar.console.print(f"{status:>8}  {root / name}")
-            bar.advance(task)
-
+    sweep_lib.check_executor(executor, workers)
+    sweep_lib.plan(runs, root)
+    with SweepProgress(len(runs), root) as progress:
         sweep_lib.run_sweep(
-            runs, root, executor=executor, workers=workers, address=address, on_done=on_done
+            runs, root, executor=executor, workers=workers, address=address, on_done=progress.done
         )
 
 

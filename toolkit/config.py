@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import warnings
 from typing import Any, ClassVar
 
@@ -144,8 +145,42 @@ def _require(ok: bool, message: str) -> None:
         raise ToolkitError(message)
 
 
+_TYPE_NAMES = {
+    int: "an integer", float: "a number", str: "a string", bool: "true or false",
+    ActivationSpec: "an ActivationSpec",
+}  # fmt: skip
+
+
+def _type_ok(value: Any, kind: Any) -> bool:
+    if kind is float:  # an int is a number; a bool is not (True == 1 in Python)
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Each field holds a value of its annotated type (TOML, JSON and Python callers).
+
+    The CLI's parser types its flags already; a sweep file or a recorded config.json
+    can hold `epochs = 1.5` or `lr = "0.1"`, which the range checks would not catch.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+        optional = type(None) in typing.get_args(hint)
+        if (value is None and optional) or any(_type_ok(value, k) for k in kinds):
+            continue
+        wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise ToolkitError(
+            f"{f.name}={value!r} must be {wanted}{' (or unset)' if optional else ''}."
+        )
+
+
 def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     """Raise ToolkitError for the first invalid setting; warn on delta >= 1/N."""
+    check_types(cfg)
     _require(
         cfg.dataset in DATASETS,
         f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.",

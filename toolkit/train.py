@@ -27,6 +27,7 @@ from toolkit.models import build_model
 from toolkit.per_example import merge
 from toolkit.privacy import PrivacyParams
 from toolkit.progress import progress_display
+from toolkit.tracking import TensorBoardSink
 
 __all__ = ["TrainingDiverged", "load_data", "privacy_params", "resume", "train"]
 # What summary.json keeps of the last epoch's metrics.
@@ -110,19 +111,25 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
 
 
 def _run(cfg: TrainConfig, data: Dataset, out: Path | None, s, *, start_epoch: int, history,
-         progress: bool) -> FitResult:  # fmt: skip
+         progress: bool, sink: TensorBoardSink | None = None) -> FitResult:  # fmt: skip
     on_epoch_end = None
     if out is not None:
         on_epoch_end = rundir.epoch_writer(
             out, key=s.noise_key, state=s.loop.state, cfg_hash=rundir.config_hash(cfg),
             steps_per_epoch=s.loop.steps_per_epoch,
         )  # fmt: skip
+    if sink is not None:  # after the run's own records: they are the source of truth
+        on_epoch_end = _also_track(on_epoch_end, sink)
     params = s.params
-    if start_epoch < cfg.epochs:
-        params, _, history = s.loop.run(
-            s.params, s.opt_state, start_epoch=start_epoch, history=history,
-            on_epoch_end=on_epoch_end, progress=progress_display(progress),
-        )  # fmt: skip
+    try:
+        if start_epoch < cfg.epochs:
+            params, _, history = s.loop.run(
+                s.params, s.opt_state, start_epoch=start_epoch, history=history,
+                on_epoch_end=on_epoch_end, progress=progress_display(progress),
+            )  # fmt: skip
+    finally:
+        if sink is not None:
+            sink.close()
     n = len(data.train_labels)
     privacy = privacy_params(cfg, num_examples=n)
     summary = summarize(
@@ -136,10 +143,24 @@ def _run(cfg: TrainConfig, data: Dataset, out: Path | None, s, *, start_epoch: i
     return FitResult(model, final_epsilon(summary), history, cfg, summary)
 
 
-def train(cfg: TrainConfig, *, out: Path | None = None, progress: bool = False) -> FitResult:
-    """Run `cfg` from scratch; all validation (settings, data, --out) before anything is written."""
+def _also_track(on_epoch_end, sink: TensorBoardSink):
+    def both(params, opt_state, history) -> None:
+        if on_epoch_end is not None:
+            on_epoch_end(params, opt_state, history)
+        sink.write(history[-1])
+
+    return both
+
+
+def train(cfg: TrainConfig, *, out: Path | None = None, progress: bool = False,
+          tensorboard: Path | None = None) -> FitResult:  # fmt: skip
+    """Run `cfg` from scratch; all validation (settings, data, --out) before anything is written.
+
+    `tensorboard`: also write each epoch's scalars there (`toolkit.tracking`).
+    """
     if out is not None:
         rundir.prepare_new(out)
+    sink = TensorBoardSink(tensorboard) if tensorboard is not None else None  # checks the extra
     data = load_data(cfg)
     requested = cfg.to_dict()
     cfg = resolve(cfg, num_examples=len(data.train_labels))
@@ -152,10 +173,10 @@ def train(cfg: TrainConfig, *, out: Path | None = None, progress: bool = False) 
             "privacy": privacy.label if privacy else "non-private (no DP guarantee)",
         }
         rundir.write_config(out, cfg, extra)
-    return _run(cfg, data, out, s, start_epoch=0, history=[], progress=progress)
+    return _run(cfg, data, out, s, start_epoch=0, history=[], progress=progress, sink=sink)
 
 
-def resume(out: Path, *, progress: bool = False) -> FitResult:
+def resume(out: Path, *, progress: bool = False, tensorboard: Path | None = None) -> FitResult:
     """Continue the run in `out` from its last checkpoint to the configured number of epochs."""
     record = rundir.read_config(out)
     try:
@@ -187,6 +208,8 @@ def resume(out: Path, *, progress: bool = False) -> FitResult:
         start, history = meta["epoch"], meta["history"]
     else:  # killed before the first epoch ended
         start, history = 0, []
+    sink = TensorBoardSink(tensorboard) if tensorboard is not None else None
     rundir.remove_stale_temporaries(out)  # left by a kill during an atomic write
     rundir.write_epochs(out, history)
-    return _run(cfg, data, out, s, start_epoch=start, history=history, progress=progress)
+    return _run(cfg, data, out, s, start_epoch=start, history=history, progress=progress,
+                sink=sink)  # fmt: skip

@@ -1,0 +1,256 @@
+"""Readers of run directories (table, pareto, figures) on broken, partial, incompatible and
+eps = inf runs, and the tables and legends that must name what differs between settings.
+
+Run directories are written by `toolkit.rundir`'s writers with numbers the test chooses
+(tests/run_fakes.py), so each expectation below is computed from those inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from experiments import plots, records, settings, tables
+from tests.run_fakes import edit_json, fake_run, replace_config
+from toolkit.cli import app
+
+runner = CliRunner()
+
+
+def _torn_epochs(out):
+    with open(out / "epochs.jsonl", "a") as f:
+        f.write('{"epoch": 4, "ste')
+
+
+def _line_of(out, change):
+    lines = (out / "epochs.jsonl").read_text().splitlines()
+    lines[0] = json.dumps(change(json.loads(lines[0])))
+    (out / "epochs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _drop_grad_norm_field(d):
+    del d["grad_norm"]["median"]
+    return d
+
+
+# name -> how to break a good run in place. Each must be skipped with a warning naming it.
+BREAKS = {
+    "torn epochs line": _torn_epochs,
+    "summary {}": lambda out: (out / "summary.json").write_text("{}"),
+    "summary a list": lambda out: (out / "summary.json").write_text("[1]"),
+    "summary not JSON": lambda out: (out / "summary.json").write_text('{"data'),
+    "summary binary": lambda out: (out / "summary.json").write_bytes(b"\xff\xfe\x00"),
+    "config not JSON": lambda out: (out / "config.json").write_text("{"),
+    "config a list": lambda out: (out / "config.json").write_text("[]"),
+    "config without config": lambda out: (out / "config.json").write_text('{"kind": "train"}'),
+    "config missing dataset": lambda out: edit_json(
+        out / "config.json",
+        lambda r: {**r, "config": {k: v for k, v in r["config"].items() if k != "dataset"}},
+    ),  # fmt: skip
+    "config missing activation": lambda out: edit_json(
+        out / "config.json",
+        lambda r: {**r, "config": {k: v for k, v in r["config"].items() if k != "activation"}},
+    ),  # fmt: skip
+    "config epochs a string": lambda out: replace_config(out, epochs="3"),
+    "config lr null": lambda out: replace_config(out, lr=None),
+    "config unknown activation": lambda out: replace_config(out, activation={"name": "swish"}),
+    "config activation a string": lambda out: replace_config(out, activation="tanh"),
+    "fit run": lambda out: edit_json(out / "config.json", lambda r: {**r, "kind": "fit"}),
+    "epoch line lacks grad_norm field": lambda out: _line_of(out, _drop_grad_norm_field),
+    "epoch line lacks epsilon": lambda out: _line_of(
+        out, lambda d: {k: v for k, v in d.items() if k != "epsilon"}
+    ),  # fmt: skip
+    "unfinished (no summary)": lambda out: (out / "summary.json").unlink(),
+    "validation run": None,  # written as a --validation run, see below
+    "test accuracy null": lambda out: edit_json(
+        out / "summary.json", lambda d: {**d, "test_accuracy": None}
+    ),  # fmt: skip
+    "eps of no accountant": lambda out: edit_json(
+        out / "summary.json", lambda d: {**d, "epsilon": {}}
+    ),  # fmt: skip
+}
+COMMANDS = {
+    "table": ["table"],
+    "pareto": ["pareto"],
+    "grad-norms": ["figures", "--kind", "grad-norms"],
+    "act-norms": ["figures", "--kind", "act-norms"],
+}
+
+
+# Breaks a command does not read: pareto reads per-epoch accuracy and eps (not the
+# summary's); figures 4 and 5 read no accuracy, so a --validation run is drawn there.
+NOT_READ = {
+    ("test accuracy null", "pareto"), ("test accuracy null", "grad-norms"),
+    ("test accuracy null", "act-norms"), ("eps of no accountant", "pareto"),
+    ("validation run", "grad-norms"), ("validation run", "act-norms"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """Three good runs and one broken run per entry of BREAKS, side by side in one folder."""
+    root = tmp_path_factory.mktemp("broken") / "runs"
+    fake_run(root / "tanh-s0", seed=0, accs=(0.5, 0.6, 0.70))
+    fake_run(root / "tanh-s1", seed=1, accs=(0.5, 0.6, 0.72))
+    fake_run(root / "sgd", private=False, accs=(0.6, 0.7, 0.8))
+    for i, name in enumerate(BREAKS):
+        bad = root / f"bad{i}"
+        if name == "validation run":
+            fake_run(bad, seed=2, validation=100, metric="val_accuracy", accs=(0.1, 0.2, 0.3))
+        else:
+            fake_run(bad, seed=2, accs=(0.1, 0.2, 0.3))
+            BREAKS[name](bad)
+    return root
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_broken_runs_are_skipped_with_a_warning_and_the_rest_used(broken, tmp_path, command):
+    args = [*COMMANDS[command], str(broken)]
+    if command != "table":
+        args += ["--out", str(tmp_path / "fig")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and res.exception is None
+    warned = [line for line in res.output.splitlines() if line.startswith("warning:")]
+    # One line per broken run that this command reads, naming it, and no other warning.
+    expected = {
+        f"skipping run {broken / f'bad{i}'}"
+        for i, name in enumerate(BREAKS)
+        if (name, command) not in NOT_READ
+    }
+    assert {w.split(": ")[1] for w in warned} == expected
+    assert len(warned) == len(expected)
+    if command == "table":
+        rows = [line for line in res.output.splitlines() if line.startswith("| fashion")]
+        assert len(rows) == 2  # tanh DP (2 seeds) and SGD: the good runs, nothing else
+        assert "| 2 | 71.00 +- 1.41 |" in res.output
+    else:
+        assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+def test_every_run_broken_is_a_one_line_error(tmp_path):
+    bad = fake_run(tmp_path / "bad", seed=0)
+    (bad / "summary.json").write_text("{}")
+    for command in COMMANDS.values():
+        args = [*command, str(tmp_path)]
+        if command[0] != "table":
+            args += ["--out", str(tmp_path / "fig")]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "no usable finished runs" in errors[0]
+    assert not (tmp_path / "fig.png").exists()
+
+
+def test_eps_inf_run_is_shown_as_no_dp_guarantee(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root / "sigma0", noise_multiplier=0.0, eps=None, accs=(0.6, 0.7, 0.8))
+    fake_run(root / "dp", accs=(0.5, 0.6, 0.7))
+    rows = tables.accuracy_rows(records.find_runs([root]), accountant="rdp-classic")
+    inf_row = next(r for r in rows if r["noise_multiplier"] == 0.0)
+    assert inf_row["epsilon"] == float("inf")
+    md = tables.to_markdown(rows)
+    assert "inf (rdp-classic; no DP guarantee)" in md and "sigma=0 (no DP guarantee)" in md
+    for command in COMMANDS.values():
+        args = [*command, str(root)]
+        if command[0] != "table":
+            args += ["--out", str(tmp_path / command[-1])]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and res.exception is None, res.output
+    curves, front = plots.pareto_curves(records.find_runs([root]), accountant="rdp-classic")
+    inf_curve = next(c for c in curves if c.no_guarantee)
+    assert inf_curve.label.endswith("final acc., eps=inf, no DP guarantee")
+    assert inf_curve.mean[-1] == pytest.approx(80.0, rel=1e-12)
+    assert front == [(1.0, 50.0), (1.5, 60.0), (2.0, 70.0)]  # the finite run's epochs only
+    # Only a sigma = 0 run: the pareto figure has no finite eps and still draws it.
+    res = runner.invoke(app, ["pareto", str(root / "sigma0"), "--out", str(tmp_path / "only")])
+    assert res.exit_code == 0, res.output
+
+
+def _two_settings(tmp_path, field, a, b, **common):
+    root = tmp_path / "runs"
+    fake_run(root / "a", **{**common, field: a})
+    fake_run(root / "b", **{**common, field: b})
+    return records.find_runs([root])
+
+
+def _canon(cell: str):
+    """A cell as a number where it is one ('1.000' and '1' are the same sigma)."""
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+# Settings that may differ between two private runs: (field, value a, value b).
+DIFFERS = [
+    ("clip_norm", 0.1, 1.0), ("batch_size", 100, 200), ("delta", 1e-5, 1e-6), ("lr", 0.1, 0.5),
+    ("momentum", 0.0, 0.9), ("clipping", "flat", "automatic"), ("noise_multiplier", 1.0, 2.0),
+    ("sampling", "poisson", "shuffle"), ("accountant", "rdp-classic", "pld"),
+    ("limit_train", 500, 800), ("optimizer", "sgd", "adam"), ("ema_decay", None, 0.9),
+    ("per_example", "vmap", "bookkeeping"), ("gamma", 0.01, 0.1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "a", "b"), DIFFERS)
+def test_table_has_a_column_for_each_setting_that_differs(tmp_path, field, a, b):
+    found = _two_settings(tmp_path, field, a, b)
+    rows = tables.accuracy_rows(found, accountant="rdp-classic")
+    assert len(rows) == 2
+    md = tables.to_markdown(rows).splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    column = {"batch_size": "batch", "noise_multiplier": "sigma"}.get(field, settings.name(field))
+    assert column in header
+    at = header.index(column)
+    cells = {[c.strip() for c in line.strip("|").split("|")][at] for line in md[2:]}
+    assert {_canon(c) for c in cells} == {_canon(settings.describe(field, v)) for v in (a, b)}
+    # A setting that does not vary gets no column of its own.
+    assert "momentum" not in header or field == "momentum"
+
+
+@pytest.mark.parametrize(
+    ("seeds", "n", "shown"),
+    [((0,), 1, "70.00"), ((0, 0), 1, "70.00"), ((0, 1), 2, None), ((0, 0, 1), 2, None)],
+)
+def test_seeds_are_distinct_and_plus_minus_only_from_two(tmp_path, seeds, n, shown):
+    accs = {0: 0.70, 1: 0.74}
+    for i, seed in enumerate(seeds):
+        fake_run(tmp_path / f"r{i}", seed=seed, accs=(0.5, 0.6, accs[seed]))
+    (row,) = tables.accuracy_rows(records.find_runs([tmp_path]), accountant="rdp-classic")
+    assert row["seeds"] == n
+    per_seed = [100 * accs[s] for s in sorted(set(seeds))]
+    cell = tables.to_markdown([row]).splitlines()[2]
+    if n == 1:
+        assert row["accuracy_std"] is None and "+-" not in cell and f"| {shown} |" in cell
+    else:
+        std = statistics.stdev(per_seed)
+        assert row["accuracy_std"] * 100 == pytest.approx(std, rel=1e-12)
+        assert f"{statistics.fmean(per_seed):.2f} +- {std:.2f}" in cell
+    assert tables.to_csv([row]).splitlines()[1].count(",,") == (1 if n == 1 else 0)
+
+
+@pytest.mark.parametrize(("field", "a", "b"), DIFFERS)
+def test_legends_name_what_differs_and_are_distinct(tmp_path, field, a, b):
+    found = _two_settings(tmp_path, field, a, b)
+    groups = records.group_by_setting(found)
+    labels = plots._labels(groups)
+    assert len(set(labels)) == 2, labels
+    for group, label in zip(groups, labels):
+        value = settings.describe(field, group[0].setting[field])
+        assert f"{settings.name(field)}={value}" in label
+
+
+def test_non_private_legends_differ_even_in_unused_privacy_fields(tmp_path):
+    found = _two_settings(tmp_path, "sampling", "poisson", "shuffle", private=False)
+    labels = plots._labels(records.group_by_setting(found))
+    assert len(set(labels)) == 2 and all("SGD" in lab for lab in labels)
+
+
+def test_legend_counts_distinct_seeds(tmp_path):
+    for i, seed in enumerate((0, 0, 1)):
+        fake_run(tmp_path / f"r{i}", seed=seed)
+    (label,) = plots._labels(records.group_by_setting(records.find_runs([tmp_path])))
+    assert label.endswith("(n=2)")

@@ -1,0 +1,199 @@
+"""`toolkit sweep` validates the whole sweep before any run starts: one-line error, exit 2,
+nothing written. Also the dry run and the sweep-level progress lines."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from experiments import sweep
+from experiments.sweep_progress import SweepProgress
+from tests.run_fakes import fake_run
+from toolkit import rundir
+from toolkit.cli import app
+
+runner = CliRunner()
+GOOD = """
+[base]
+preset = "fashion-mnist-tanh"
+epochs = 2
+[grid]
+activation = ["relu", "tanh"]
+seed = [0, 1]
+"""
+
+# name -> (sweep file text, a piece of the one-line error). Every case fails before any
+# run starts, so the root is never created.
+BAD_SPECS = {
+    "misspelled table": ('[base]\nepochs = 2\n[gird]\nseed = [0, 1]\n', "did you mean [grid]?"),
+    "top-level setting": ("epochs = 2\n[grid]\nseed = [0]\n", "settings go under [base]"),
+    "misspelled key": ("[base]\nepochs = 2\n[grid]\nsed = [0, 1]\n", "did you mean 'seed'?"),
+    "unknown key": ("[base]\nlearning_rate = 0.1\n[grid]\nseed = [0]\n", "base.learning_rate"),
+    "fractional epochs": ("[base]\nepochs = 1.5\nnoise_multiplier = 1.0\n", "epochs=1.5"),
+    "negative lr in grid": (
+        "[base]\nnoise_multiplier = 1.0\n[grid]\nlr = [0.1, -1]\n", "lr=-1 must be"
+    ),
+    "lr a string": ('[base]\nnoise_multiplier = 1.0\nlr = "0.1"\n', "lr='0.1' must be a number"),
+    "epochs a bool": ("[base]\nnoise_multiplier = 1.0\nepochs = true\n", "epochs=True"),
+    "momentum 1": ("[base]\nnoise_multiplier = 1.0\nmomentum = 1.0\n", "momentum=1.0"),
+    "delta 2": ("[base]\nnoise_multiplier = 1.0\ndelta = 2\n", "delta=2"),
+    "lr nan": ("[base]\nnoise_multiplier = 1.0\nlr = nan\n", "lr=nan"),
+    "sigma inf": ("[base]\nnoise_multiplier = inf\n", "noise_multiplier=inf"),
+    "no sigma nor eps": ("[base]\nepochs = 2\n", "give exactly one of noise_multiplier"),
+    "grid value not a list": ("[base]\nnoise_multiplier = 1.0\n[grid]\nseed = 3\n", "grid.seed=3"),
+    "grid list empty": ("[base]\nnoise_multiplier = 1.0\n[grid]\nseed = []\n", "grid.seed=[]"),
+    "unknown activation": (
+        '[base]\nnoise_multiplier = 1.0\n[grid]\nactivation = ["swish"]\n', "activation='swish'"
+    ),
+    "unknown preset": ('[base]\npreset = "nope"\n', "preset='nope'"),
+    "unknown dataset": ('[base]\nnoise_multiplier = 1.0\ndataset = "svhn"\n', "dataset='svhn'"),
+    "base not a table": ("base = 3\n", "[base] must be a table"),
+    "bad point among good": (
+        "[base]\nnoise_multiplier = 1.0\n[grid]\nepochs = [1, 2, 0]\nseed = [0, 1]\n",
+        "epochs=0 must be >= 1 (and 1 more bad points)",
+    ),
+    "not TOML": ("[base\nepochs = 2\n", "not valid TOML"),
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_run_may_start(monkeypatch):
+    """Every case here must stop before a run starts; if one did not, fail at once (rather
+    than train on the real data set for minutes)."""
+
+    def started(config, out):
+        raise AssertionError(f"a run started: {out}")
+
+    monkeypatch.setattr(sweep, "run_one", started)
+
+
+def _invoke(args):
+    res = runner.invoke(app, ["sweep", *map(str, args)])
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    return res
+
+
+def _one_error(res, fragment: str) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", BAD_SPECS)
+def test_bad_sweep_file_is_one_line_exit_2_and_nothing_written(tmp_path, name):
+    text, fragment = BAD_SPECS[name]
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(text)
+    for extra in ([], ["--dry-run"]):
+        _one_error(_invoke([spec, "--root", tmp_path / "root", *extra]), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.toml"]
+
+
+def _file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    return f
+
+
+def _run_dir_is_file(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "activation=relu_seed=0").write_text("x")
+    return root
+
+
+def _other_config(tmp_path):
+    root = tmp_path / "root"
+    fake_run(root / "activation=tanh_seed=1", activation="tanh", seed=1, epochs=3)
+    return root
+
+
+def _not_a_run(tmp_path):
+    root = tmp_path / "root"
+    (root / "activation=tanh_seed=0").mkdir(parents=True)
+    (root / "activation=tanh_seed=0" / "notes.txt").write_text("mine")
+    return root
+
+
+# name -> (builds (spec, root, extra args) in tmp_path, a piece of the error).
+BAD_PLACES = {
+    "spec is a folder": (lambda t: (t, t / "root", []), "is a directory"),
+    "spec missing": (lambda t: (t / "none.toml", t / "root", []), "does not exist"),
+    "root is a file": (lambda t: (t / "s.toml", _file(t), []), "is a file"),
+    "root below a file": (lambda t: (t / "s.toml", _file(t) / "sub", []), "below the file"),
+    "run dir is a file": (lambda t: (t / "s.toml", _run_dir_is_file(t), []), "is a file"),
+    "run of another config": (lambda t: (t / "s.toml", _other_config(t), []), "different config"),
+    "run dir not a run": (lambda t: (t / "s.toml", _not_a_run(t), []), "holds no run"),
+    "unknown executor": (lambda t: (t / "s.toml", t / "root", ["--executor", "slurm"]),
+                         "executor='slurm'"),
+    "no workers": (lambda t: (t / "s.toml", t / "root", ["--workers", "0"]), "workers=0"),
+}  # fmt: skip
+
+
+def _snapshot(tmp_path):
+    return sorted((str(p.relative_to(tmp_path)), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("name", BAD_PLACES)
+def test_bad_spec_or_root_is_one_line_exit_2_and_nothing_written(tmp_path, name):
+    (tmp_path / "s.toml").write_text(GOOD)
+    build, fragment = BAD_PLACES[name]
+    spec, root, extra = build(tmp_path)
+    before = _snapshot(tmp_path)
+    _one_error(_invoke([spec, "--root", root, *extra]), fragment)
+    assert _snapshot(tmp_path) == before
+
+
+def test_dry_run_lists_each_run_its_action_and_what_differs(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(GOOD)
+    root = tmp_path / "root"
+    name, cfg = sweep.load(spec)[1]  # a run killed before its first epoch: resumed
+    rundir.write_config(root / name, cfg, {"requested": cfg.to_dict()})
+    before = _snapshot(tmp_path)
+    res = _invoke([spec, "--root", root, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0] == f"4 runs under {root}: 3 to train, 1 to resume, 0 finished (skipped)"
+    assert "target_epsilon=2.7" in lines[1] and "epochs=2" in lines[1]
+    runs = [line.split() for line in lines[2:6]]
+    assert [(r[0], r[1]) for r in runs] == [
+        ("train", f"{root}/activation=relu_seed=0:"), ("resume", f"{root}/activation=relu_seed=1:"),
+        ("train", f"{root}/activation=tanh_seed=0:"), ("train", f"{root}/activation=tanh_seed=1:"),
+    ]  # fmt: skip
+    assert [r[2:] for r in runs] == [
+        ["activation=relu,", "seed=0"], ["activation=relu,", "seed=1"],
+        ["activation=tanh,", "seed=0"], ["activation=tanh,", "seed=1"],
+    ]  # fmt: skip
+    assert _snapshot(tmp_path) == before
+
+
+def test_sweep_point_pair_replaces_the_presets_target_eps():
+    runs = sweep.expand({"base": {"preset": "fashion-mnist-tanh"},
+                         "grid": {"noise_multiplier": [1.0, 2.0]}})  # fmt: skip
+    assert [(c.noise_multiplier, c.target_epsilon) for _, c in runs] == [(1.0, None), (2.0, None)]
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_sweep_progress_counts_runs_eta_and_last_result(tmp_path, tty):
+    fake_run(tmp_path / "a", accs=(0.5, 0.8125), eps=(1.0, 2.5))
+    fake_run(tmp_path / "b", accs=(0.5, 0.75), noise_multiplier=0.0, eps=None)
+    fake_run(tmp_path / "c", accs=(0.5, 0.875), private=False)
+    stream = io.StringIO()
+    with SweepProgress(4, tmp_path, stream=stream, rich=tty) as progress:
+        lines = [progress.done("a", "skipped"), progress.done("b", "trained"),
+                 progress.done("c", "resumed")]  # fmt: skip
+    assert lines[0] == (
+        f"[1/4] skipped {tmp_path / 'a'}: test acc 0.8125, eps 2.50 (rdp-classic); ETA unknown"
+    )
+    assert lines[1].startswith(f"[2/4] trained {tmp_path / 'b'}: test acc 0.7500, eps inf (no DP")
+    assert lines[2].startswith(f"[3/4] resumed {tmp_path / 'c'}: test acc 0.8750, non-private")
+    assert re.search(r"ETA \d+:\d\d$", lines[2])
+    out = stream.getvalue()
+    assert all(line in out.replace("\n", "") or line in out for line in lines)
