@@ -62,13 +62,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.special import expit
 
 from analysis import solvers, theorem1
 from analysis.datasets import Dataset, make_datasets
+from analysis.losses import binary_loss
+from analysis.precision import float64
 from analysis.result import CheckResult
 from toolkit import accounting
+from toolkit.clipping import clip_factors
 
 # Normal quantile of a two-sided 95% confidence interval.
 Z95 = 1.959963984540054
@@ -424,6 +429,52 @@ def check_one_step_variance(
     )
 
 
+@float64
+def check_field_vs_autodiff(
+    data: Dataset, *, inverse_temp: float, clip_norms: np.ndarray, points: int, seed: int
+) -> CheckResult:
+    """The noiseless full-batch g_k against mean_i clip_factors(jax.grad(l_i)) (toolkit rule).
+
+    Two independent paths to the mean clipped gradient: the factored numpy form used by
+    the runs, and autodiff of `analysis.losses.binary_loss` with `toolkit.clipping`.
+    Means of n terms of size <= T: agreement to 1e-13 T is float64 rounding.
+    """
+    rng = np.random.default_rng([seed, 14])
+    theta = rng.normal(size=(points, 1, data.z.shape[1])) * 2.0
+    cs = np.asarray(clip_norms, np.float64)
+    g = noisy_gradients(
+        np.repeat(theta, len(cs), axis=1),
+        data,
+        inverse_temp=inverse_temp,
+        clip_norms=cs,
+        noise_multiplier=0.0,
+        sampling_prob=1.0,
+        rng=rng,
+    )
+
+    @jax.jit
+    def reference(th, c):
+        grads = jax.vmap(
+            lambda zi, yi: jax.grad(binary_loss)(th, zi, yi, inverse_temp=inverse_temp)
+        )(data.z, data.y)
+        factors = clip_factors(jnp.linalg.norm(grads, axis=1), clipping="flat", clip_norm=c)
+        return jnp.mean(grads * factors[:, None], axis=0)
+
+    err = max(
+        float(np.max(np.abs(g[p, j] - np.asarray(reference(theta[p, 0], c)))))
+        for p in range(points)
+        for j, c in enumerate(cs)
+    )
+    return CheckResult(
+        name="DP-GD: clipped mean vs autodiff",
+        measure="max |numpy - jax.grad + clip_factors|",
+        value=err,
+        tolerance=f"<= {1e-13 * inverse_temp:.0e}",
+        passed=err <= 1e-13 * inverse_temp,
+        details={"points": points, "C": list(cs), "T": inverse_temp},
+    )
+
+
 def check_noisy_bound(curves: list[NoisyCurve]) -> CheckResult:
     """Every measured E excess (lower 95% end) <= the explicit bound; the optimal-C finding."""
     worst, parts = 0.0, []
@@ -511,6 +562,7 @@ def suite_rows(*, n: int, dim: int, seed: int, quick: bool) -> list[CheckResult]
         seed=seed,
     )
     return [
+        check_field_vs_autodiff(data, inverse_temp=t, clip_norms=cs, points=4, seed=seed),
         check_one_step_variance(
             data,
             inverse_temp=t,
