@@ -118,7 +118,7 @@ class NoisySetting:
                 raise ValueError(f"{name}={value}: expected {allowed}.")
 
 
-def _mean_clipped_coefficients(margin, y, rho, inverse_temp, clip_norm):
+def _clipped_coefficients(margin, y, rho, inverse_temp, clip_norm):
     """Per-example clipped gradients as scalars a_i with grad_i = a_i z_i (eq. 4, factored).
 
     grad l_i = -T y_i sigmoid(-T m_i) z_i has norm T ||z_i|| sigmoid(-T m_i); the flat
@@ -148,7 +148,7 @@ def noisy_gradients(
     reps, n = theta.shape[0], len(data.y)
     z, y = data.z, data.y
     margin = y * (theta @ z.T)  # (R, nC, n)
-    a = _mean_clipped_coefficients(
+    a = _clipped_coefficients(
         margin, y, np.linalg.norm(z, axis=1), inverse_temp, clip_norms[None, :, None]
     )
     if sampling_prob < 1.0:
@@ -402,9 +402,7 @@ def check_one_step_variance(
         sampling_prob=q,
         rng=rng,
     )[:, 0]
-    a = _mean_clipped_coefficients(
-        np.zeros(n), data.y, np.linalg.norm(data.z, axis=1), inverse_temp, c
-    )
+    a = _clipped_coefficients(np.zeros(n), data.y, np.linalg.norm(data.z, axis=1), inverse_temp, c)
     mean_field = a @ data.z / n
     sq = np.sum((g - mean_field) ** 2, axis=1)
     clipped_sq = np.sum((a[:, None] * data.z) ** 2)
@@ -512,21 +510,31 @@ def check_noisy_invariance(
 
     theta' = T theta maps one run onto the other exactly: eta scales as 1/T^2, the clipped
     gradient as T clip_{C/T}, the noise sigma C as T sigma (C/T). Only rounding differs.
+    Also checks that every last iterate lies in its ball (the projection).
     """
     t = setting.inverse_temp
     twin = dataclasses.replace(setting, inverse_temp=1.0, radius=setting.radius * t)
-    avg, _ = run_dp_gd(data, setting, clip_norms)
-    avg1, _ = run_dp_gd(data, twin, np.asarray(clip_norms) / t)
+    avg, last = run_dp_gd(data, setting, clip_norms)
+    avg1, last1 = run_dp_gd(data, twin, np.asarray(clip_norms) / t)
     a = risks(avg, data, inverse_temp=t)
     b = risks(avg1, data, inverse_temp=1.0)
     err = float(np.max(np.abs(a - b)))
+    reach = max(
+        float(np.max(np.linalg.norm(last, axis=-1))) / setting.radius,
+        float(np.max(np.linalg.norm(last1, axis=-1))) / twin.radius,
+    )
     return CheckResult(
         name="DP-GD: (T,C,R) vs (1,C/T,TR) risk",
         measure="max |risk difference| over runs and C",
         value=err,
-        tolerance="<= 1e-9",
-        passed=err <= 1e-9,
-        details={"T": t, "C": list(np.asarray(clip_norms)), "R": setting.radius},
+        tolerance="<= 1e-9; ||theta|| <= R",
+        passed=err <= 1e-9 and reach <= 1.0 + 1e-12,
+        details={
+            "T": t,
+            "C": list(np.asarray(clip_norms)),
+            "R": setting.radius,
+            "max ||theta_K|| / R": reach,
+        },
     )
 
 

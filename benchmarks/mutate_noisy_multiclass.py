@@ -89,10 +89,16 @@ MUTANTS: list[tuple[str, str, str, str]] = [
         "logp = log_softmax(z @ theta, axis=1)",
     ),
     (
-        "gradient norm without ||z||",
+        "softmax risk divided by n + 1",
         MULTI,
-        "return abs(inverse_temp) * np.linalg.norm(z, axis=1) * np.linalg.norm(p, axis=1)",
-        "return abs(inverse_temp) * np.linalg.norm(p, axis=1)",
+        "    return float(-np.mean(logp[np.arange(len(y)), y]))",
+        "    return float(-np.sum(logp[np.arange(len(y)), y]) / (len(y) + 1))",
+    ),
+    (
+        "average over theta_0..theta_K (K + 1 iterates)",
+        NOISY,
+        "    return total / setting.steps, theta",
+        "    return (total + theta) / (setting.steps + 1), theta",
     ),
     ("threshold constant 1 instead of sqrt 2", MULTI, "SQRT2 = math.sqrt(2.0)", "SQRT2 = 1.0"),
     (

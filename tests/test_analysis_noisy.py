@@ -138,7 +138,7 @@ def test_curve_decomposes_and_stays_below_the_explicit_bound():
     setting = noisy.NoisySetting(
         inverse_temp=4.0, noise_multiplier=4.0, sampling_prob=0.5, steps=40, repetitions=24, seed=1
     )
-    cs = np.array([0.25, 1.0, 4.0 * data.max_norm])
+    cs = np.array([4.0 * data.max_norm, 0.25, 1.0])
     cv = noisy.excess_curve(data, setting, cs)
     # Bias against SLSQP optima (no shared code with PGD), to SLSQP's accuracy 1e-9.
     _, f_u = solvers.scipy_minimise(data.z, data.y, inverse_temp=4.0, radius=1.0)
@@ -147,13 +147,30 @@ def test_curve_decomposes_and_stays_below_the_explicit_bound():
         assert b == pytest.approx(
             solvers.objective(th, data.z, data.y, inverse_temp=4.0) - f_u, abs=1e-8
         )
-    assert cv.bias[-1] == 0.0  # C >= T max||z||: clipping never fires
+    assert cv.bias[0] == 0.0  # C >= T max||z||: clipping never fires
     total = cv.bias + cv.optimisation + cv.noise_mean
     np.testing.assert_allclose(total, cv.excess_mean, atol=1e-15)
     assert np.all(cv.excess_mean - cv.excess_half <= cv.bound)
     assert np.all(cv.excess_mean + cv.excess_half > 0)
     row = noisy.check_noisy_bound([cv])
     assert row.passed and 0 < row.value < 1
+
+
+def test_separable_data_end_on_the_sphere_of_radius_r():
+    """All y z = e1: the unclipped and clipped optima are R e1 (the loss decreases along e1)."""
+    z = np.zeros((6, 2))
+    z[:, 0] = 1.0
+    data = Dataset(name="separable", z=z, y=np.ones(6))
+    setting = noisy.NoisySetting(
+        inverse_temp=2.0,
+        noise_multiplier=0.0,
+        sampling_prob=1.0,
+        steps=200,
+        radius=0.7,
+        repetitions=2,
+    )
+    _, last = noisy.run_dp_gd(data, setting, np.array([0.1, math.inf]))
+    np.testing.assert_allclose(last[0], [[0.7, 0.0], [0.7, 0.0]], atol=1e-15)
 
 
 def test_scaling_invariance_of_the_noisy_run():
