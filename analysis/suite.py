@@ -1,4 +1,4 @@
-"""All six checks of `toolkit bound-check`, from one validated configuration.
+"""All eight checks of `toolkit bound-check`, from one validated configuration.
 
 `BoundCheckConfig` is validated on construction (a `ToolkitError` naming the
 argument, the value and what is allowed), so a config that exists can run.
@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 
-from analysis import bounds, conservative, theorem1, tightness
+from analysis import bounds, conservative, multiclass, noisy, theorem1, tightness
 from analysis.datasets import make_datasets
 from analysis.result import CheckResult
 from toolkit.errors import ToolkitError
@@ -128,7 +128,8 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
 
 
 def run(config: BoundCheckConfig) -> SuiteResult:
-    """Run checks 1-6 (module docstrings of `bounds`, `theorem1`, `tightness`, `conservative`)."""
+    """Run checks 1-8 (module docstrings of `bounds`, `theorem1`, `tightness`, `conservative`,
+    `noisy`, `multiclass`)."""
     quick, dim, seed = config.quick, config.dim, config.seed
     seconds: dict[str, float] = {}
     checks: list[CheckResult] = []
@@ -159,6 +160,20 @@ def run(config: BoundCheckConfig) -> SuiteResult:
 
     with _timed(seconds, "6 conservativeness"):
         checks += conservative.check_conservative(**CONSERVATIVE, seed=seed)
+
+    with _timed(seconds, "7 noisy clipped GD"):
+        checks += noisy.suite_rows(n=config.n, dim=dim, seed=seed, quick=quick)
+    with _timed(seconds, "8 multiclass"):
+        checks += multiclass.suite_rows(
+            temperatures=config.temperatures,
+            clip_norms=config.clip_norms,
+            radius=config.radius,
+            n=config.n,
+            dim=dim,
+            seed=seed,
+            tol=PGD_TOL,
+            quick=quick,
+        )
     return SuiteResult(
         config=config,
         checks=tuple(checks),
