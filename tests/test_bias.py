@@ -51,6 +51,7 @@ def _loop_reference(model, x, y, clip_norm):
     return norms, mean, clipped
 
 
+@pytest.mark.slow
 def test_measure_matches_an_explicit_per_example_loop():
     model = _Tiny(nnx.Rngs(0))
     rng = np.random.default_rng(1)

@@ -35,6 +35,7 @@ covered"), like the gradient-norm statistics in epochs.jsonl.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,22 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else math.nan
 
 
+@functools.cache
+def _sums_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float):
+    """Jitted `(params, state, x, y) -> (sum g_i, sum clip(g_i), ||g_i||)`, one per model."""
+    grads_fn = cg.per_example_grads_fn(graphdef)
+
+    @jax.jit
+    def sums(params, state, x, y):
+        _, g = grads_fn(params, x, y, state)
+        norms = clip_lib.per_example_norms(g)
+        w = clip_lib.clip_factors(norms, clipping=clipping, clip_norm=clip_norm, gamma=gamma)
+        flat = jax.tree.leaves(jax.tree.map(lambda t: jnp.sum(t, axis=0), g))
+        return flat, jax.tree.leaves(clip_lib.clipped_sum(g, w)), norms
+
+    return sums
+
+
 def measure(
     model: nnx.Module,
     images: np.ndarray,
@@ -132,17 +149,7 @@ def measure(
     if not clip_norm > 0:
         raise ToolkitError(f"clip_norm={clip_norm} must be > 0.")
     graphdef, params, state = cg.split_model(model)
-    grads_fn = cg.per_example_grads_fn(graphdef)
-
-    @jax.jit
-    def sums(params, x, y):
-        _, g = grads_fn(params, x, y, state)
-        norms = clip_lib.per_example_norms(g)
-        w = clip_lib.clip_factors(norms, clipping=clipping, clip_norm=clip_norm, gamma=gamma)
-        flat = jax.tree.leaves(jax.tree.map(lambda t: jnp.sum(t, axis=0), g))
-        clipped = jax.tree.leaves(clip_lib.clipped_sum(g, w))
-        return flat, clipped, norms
-
+    sums = _sums_fn(graphdef, clip_norm=clip_norm, clipping=clipping, gamma=gamma)
     n = len(labels)
     total = clipped_total = None
     norms = []
@@ -151,7 +158,7 @@ def measure(
             jnp.asarray(images[start : start + chunk]),
             jnp.asarray(labels[start : start + chunk]),
         )
-        flat, clipped, nrm = sums(params, x, y)
+        flat, clipped, nrm = sums(params, state, x, y)
         flat = [np.asarray(t, np.float64) for t in flat]
         clipped = [np.asarray(t, np.float64) for t in clipped]
         total = flat if total is None else [a + b for a, b in zip(total, flat, strict=True)]
