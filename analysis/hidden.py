@@ -189,7 +189,8 @@ def measure(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> dict[str, np.nda
     """Per example (float64 arrays, (B,)): each layer's gradient norm, the measured forward
     factors ||[X_l, 1]||_F ("fwd_<layer>"), activation norms ("act_<name>") and ||x||."""
     graphdef, params, state = cg.split_model(model)
-    _, grads = cg.per_example_grads_fn(graphdef)(params, jnp.asarray(x), jnp.asarray(y), state)
+    grads_fn = jax.jit(cg.per_example_grads_fn(graphdef))
+    _, grads = grads_fn(params, jnp.asarray(x), jnp.asarray(y), state)
     out = {}
     for name in LAYERS:
         sq = sum(
