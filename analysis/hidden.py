@@ -55,6 +55,7 @@ conv2's, fc1's and fc2's forward factors are activation norms, which nothing bou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 
@@ -185,12 +186,17 @@ def _patch_sq(v: jax.Array, conv) -> jax.Array:
     return jnp.sum(jnp.square(v) * weight[None, :, :, None], axis=(1, 2, 3))
 
 
+@functools.cache
+def _grads_fn(graphdef: nnx.GraphDef):
+    """Jitted per-example gradients, one compilation per model structure."""
+    return jax.jit(cg.per_example_grads_fn(graphdef))
+
+
 def measure(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Per example (float64 arrays, (B,)): each layer's gradient norm, the measured forward
     factors ||[X_l, 1]||_F ("fwd_<layer>"), activation norms ("act_<name>") and ||x||."""
     graphdef, params, state = cg.split_model(model)
-    grads_fn = jax.jit(cg.per_example_grads_fn(graphdef))
-    _, grads = grads_fn(params, jnp.asarray(x), jnp.asarray(y), state)
+    _, grads = _grads_fn(graphdef)(params, jnp.asarray(x), jnp.asarray(y), state)
     out = {}
     for name in LAYERS:
         sq = sum(

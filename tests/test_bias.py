@@ -134,6 +134,7 @@ def _error(args) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # the kept_run fixture trains one epoch
 def test_bad_input_is_one_line_exit_2_nothing_written(kept_run, tmp_path):
     out = tmp_path / "b"
     assert "does not exist" in _error([str(tmp_path / "nope"), "--out", str(out)])
