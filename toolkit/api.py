@@ -363,7 +363,10 @@ def fit(
 
 
 def load_run(
-    path: str | Path, *, model: nnx.Module | Callable[[], nnx.Module] | None = None
+    path: str | Path,
+    *,
+    model: nnx.Module | Callable[[], nnx.Module] | None = None,
+    epoch: int | None = None,
 ) -> FitResult:
     """A run directory back as a `FitResult`, with the trained model rebuilt.
 
@@ -372,6 +375,9 @@ def load_run(
         model: For `fit` runs, the model's structure: an instance of the same class and
             shape (its values are replaced), or a function returning one. Not needed for
             `toolkit train` runs, whose model is known from the config.
+        epoch: Load the checkpoint kept after this epoch (`toolkit train
+            --keep-checkpoints`) instead of the last one; the history is then the one it
+            holds (epochs 1..epoch).
 
     Returns:
         The model with the parameters of the last finished epoch (the checkpoint), the
@@ -404,13 +410,15 @@ def load_run(
     except (KeyError, TypeError) as e:
         raise ToolkitError(f"{path / rundir.CONFIG} is not a valid run config ({e}).") from None
     graphdef, template, state = cg.split_model(skeleton)
+    file = rundir.CHECKPOINT if epoch is None else rundir.kept_checkpoint(epoch)
     params, _, saved_state, _, meta = rundir.load_checkpoint(
-        path, params=template, opt_state=None, state=state, cfg_hash=None
+        path, params=template, opt_state=None, state=state, cfg_hash=None, file=file
     )
     trained = cg.merge(graphdef, params, state if saved_state is None else saved_state)
-    history = rundir.read_epochs(path)
+    history = rundir.read_epochs(path) if epoch is None else meta["history"]
     summary = rundir.read_summary(path)
-    last = summary.epsilon if summary is not None else (history[-1].epsilon if history else {})
+    done = summary is not None and epoch is None  # a kept checkpoint: eps spent by then
+    last = summary.epsilon if done else (history[-1].epsilon if history else {})
     return FitResult(trained, final_epsilon(last), history, cfg, summary)
 
 

@@ -66,6 +66,9 @@ def train(
     weight_standardization: bool = typer.Option(
         None, "--weight-standardization", help="Scaled weight standardisation of conv kernels."
     ),
+    keep_checkpoints: int = typer.Option(
+        None, help="Also keep checkpoint-epoch{E}.npz every K epochs (for toolkit bias)."
+    ),
     no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
     preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
     out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
@@ -92,7 +95,7 @@ def train(
         "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
         "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
         "validation": validation, "ema_decay": ema_decay, "lr_schedule": lr_schedule,
-        "warmup_epochs": warmup_epochs, "augmult": augmult,
+        "warmup_epochs": warmup_epochs, "augmult": augmult, "keep_checkpoints": keep_checkpoints,
         "weight_standardization": weight_standardization,
     }  # fmt: skip
     cfg = config_lib.from_flags(
@@ -271,6 +274,40 @@ def figures(
     else:
         raise ToolkitError(f"kind={kind!r} is unknown; expected grad-norms, act-norms or grid.")
     console.print("wrote " + ", ".join(map(str, written)))
+
+
+@app.command()
+@one_line_errors
+def bias(
+    runs: list[Path] = typer.Argument(
+        ..., help="toolkit train run directories (--keep-checkpoints)."
+    ),
+    sample: int = typer.Option(1000, help="Training examples to measure on (fixed by --seed)."),
+    seed: int = typer.Option(0, help="Seed of the sample."),
+    clip_norm: float = typer.Option(
+        None,
+        help="C to clip at (default: the run's; needed for non-private runs: give the DP run's C).",
+    ),
+    out: Path = typer.Option(..., help="Writes OUT.json, OUT.png and OUT.pdf."),
+) -> None:
+    """Clipping bias over training: cosine and norm ratio of mean clipped vs mean gradient,
+    fraction clipped, per-layer shares. Diagnostics on private data, not covered by eps."""
+    from experiments.bias_plots import bias_figure
+    from toolkit import bias as bias_lib
+
+    if sample < 1:
+        raise ToolkitError(f"--sample={sample} must be >= 1.")
+    for r in runs:  # every run checked before the first is measured
+        bias_lib.check_run(r, clip_norm=clip_norm)
+    results = [
+        bias_lib.run_bias(r, sample_size=sample, seed=seed, clip_norm=clip_norm) for r in runs
+    ]
+    for r in results:
+        shown = ", ".join(f"e{p.epoch}: cos {p.cosine:.4f} ratio {p.norm_ratio:.3f} "
+                          f"clipped {p.fraction_clipped:.3f}" for p in r.points)  # fmt: skip
+        console.print(f"{r.run} ({r.label}, C={r.clip_norm:g}): {shown}", markup=False)
+    written = [bias_lib.write_json(results, out), *bias_figure(results, out=out)]
+    console.print(f"{bias_lib.DIAGNOSTIC_LABEL}; wrote " + ", ".join(map(str, written)))
 
 
 def _register() -> None:

@@ -59,12 +59,13 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up from lr 0 over this many epochs
     augmult: int = 0  # K >= 1: K random shift/flip views per example, averaged before clipping
     weight_standardization: bool = False  # scaled WS of the conv kernels (toolkit.models)
+    keep_checkpoints: int = 0  # K >= 1: also keep checkpoint-epoch{E}.npz every K epochs
 
     # Left out of the config hash at these values, so that runs recorded before these
     # fields existed keep their hash (and resume).
     HASH_DEFAULTS: ClassVar[dict[str, Any]] = {
         "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
-        "augmult": 0, "weight_standardization": False,
+        "augmult": 0, "weight_standardization": False, "keep_checkpoints": 0,
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,6 +226,10 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         f"limit_train={cfg.limit_train} must be >= 1.",
     )
     _require(cfg.validation >= 0, f"validation={cfg.validation} must be >= 0.")
+    _require(
+        0 <= cfg.keep_checkpoints <= cfg.epochs,
+        f"keep_checkpoints={cfg.keep_checkpoints} must be in [0, epochs={cfg.epochs}] (0: off).",
+    )
     _require(0 <= cfg.augmult <= 64, f"augmult={cfg.augmult} must be in [0, 64] (0: off).")
     _require(
         cfg.augmult == 0 or cfg.per_example != "bookkeeping",

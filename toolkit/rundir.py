@@ -6,6 +6,8 @@
     DIR/summary.json    the `records.RunSummary` (written when the run ends)
     DIR/checkpoint.npz  params, model state and optimizer state, each array named by its
                         path in the tree ("params/conv1/kernel"), PRNG key, step, history
+    DIR/checkpoint-epoch{E}.npz  with --keep-checkpoints K: a copy of checkpoint.npz as it
+                        was after epoch E, for every E divisible by K (`toolkit bias`)
 
 This module is the only place where records become JSON and back (`record_to_json`,
 `record_from_json`), and where checkpoints are written and read.
@@ -56,6 +58,7 @@ CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
 # Version of the checkpoint layout. 1: leaves "leaf_0..N" of (params, opt_state), no model
 # state, no privatizer state (before the library API); 2: arrays named by tree path.
 CHECKPOINT_FORMAT = 2
+KEPT_PREFIX = "checkpoint-epoch"  # kept checkpoints: checkpoint-epoch{E}.npz
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "dp-accounting", "numpy", "scipy")
 
 
@@ -139,7 +142,7 @@ def _writing(out: Path) -> Iterator[None]:
 
 def remove_stale_temporaries(out: Path) -> None:
     """Delete the temporary files of atomic writes interrupted by a kill (`.<name>.*.tmp`)."""
-    for name in (CONFIG, EPOCHS, SUMMARY, CHECKPOINT):
+    for name in (CONFIG, EPOCHS, SUMMARY, CHECKPOINT, f"{KEPT_PREFIX}*.npz"):
         for tmp in out.glob(f".{name}.*.tmp"):
             with _writing(out):
                 tmp.unlink(missing_ok=True)
@@ -287,9 +290,12 @@ def _is_key(x) -> bool:
 
 def save_checkpoint(
     out: Path, *, params, opt_state, state=None, key: jax.Array, step: int, epoch: int,
-    history: list[EpochRecord], cfg_hash: str,
+    history: list[EpochRecord], cfg_hash: str, files: tuple[str, ...] = (CHECKPOINT,),
 ) -> None:  # fmt: skip
-    """Atomically write params, model state, optimizer state, PRNG key, counters, history."""
+    """Atomically write params, model state, optimizer state, PRNG key, counters, history.
+
+    The same bytes go to each of `files` (in order; checkpoint.npz, the resume point, last).
+    """
     tree = {"params": params, "opt_state": opt_state, "state": state}
     meta = {
         "format": CHECKPOINT_FORMAT, "step": step, "epoch": epoch, "config_hash": cfg_hash,
@@ -301,7 +307,8 @@ def save_checkpoint(
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     with _writing(out):
-        atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
+        for name in files:
+            atomic_write_bytes(out / name, buf.getvalue())
 
 
 def checkpoint_format(out: Path) -> int | None:
@@ -313,22 +320,41 @@ def checkpoint_format(out: Path) -> int | None:
         return None
 
 
-def load_checkpoint(out: Path, *, params, opt_state, state=None, cfg_hash: str | None):
+def kept_checkpoint(epoch: int) -> str:
+    """File name of the checkpoint kept after `epoch` (`toolkit train --keep-checkpoints`)."""
+    return f"{KEPT_PREFIX}{epoch}.npz"
+
+
+def kept_checkpoints(out: Path) -> dict[int, Path]:
+    """{epoch: path} of the checkpoints kept in `out`, in epoch order."""
+    found = {}
+    for path in Path(out).glob(f"{KEPT_PREFIX}*.npz"):
+        digits = path.name[len(KEPT_PREFIX) : -len(".npz")]
+        if digits.isdigit():
+            found[int(digits)] = path
+    return dict(sorted(found.items()))
+
+
+def load_checkpoint(
+    out: Path, *, params, opt_state, state=None, cfg_hash: str | None, file: str = CHECKPOINT
+):
     """Restore into the structure of the templates: `(params, opt_state, state, key, meta)`.
+
+    `file` names the checkpoint in `out` (default the resume point; or `kept_checkpoint(E)`).
 
     Arrays are matched by their path in the tree, so a template of another structure is
     refused with the first path that differs. `cfg_hash=None` skips the config check.
     A format-1 checkpoint (before the library API) restores `params` only, with
     `opt_state` and `state` returned as None: it can be evaluated, not resumed.
     """
-    path = out / CHECKPOINT
+    path = out / file
     bad = f"{path} is corrupt or incomplete; delete the run directory and start again"
     try:
         with np.load(path) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise ToolkitError(f"{out} has no {CHECKPOINT}; nothing to restore.") from None
+        raise ToolkitError(f"{out} has no {file}; nothing to restore.") from None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise ToolkitError(f"{bad} ({type(e).__name__}).") from None
     if cfg_hash is not None and meta.get("config_hash") != cfg_hash:
@@ -377,18 +403,25 @@ def _restore(treedef, template, arrays, names, bad):
     return jax.tree.unflatten(treedef, new)
 
 
-def epoch_writer(out: Path, *, key: jax.Array, state, cfg_hash: str, steps_per_epoch: int):
+def epoch_writer(
+    out: Path, *, key: jax.Array, state, cfg_hash: str, steps_per_epoch: int, keep_every: int = 0
+):
     """`on_epoch_end(params, opt_state, history)` for `toolkit.loop`: checkpoint, then epochs.
 
     The checkpoint comes first: it holds the history too, so a kill between the two
-    writes loses nothing (resume rewrites epochs.jsonl from it).
+    writes loses nothing (resume rewrites epochs.jsonl from it). With `keep_every=K`
+    the checkpoint of every K-th epoch is also kept as checkpoint-epoch{E}.npz, written
+    before checkpoint.npz: a kill in between re-runs epoch E on resume, which writes the
+    same bytes again (training is a function of (seed, step)).
     """
 
     def on_epoch_end(params, opt_state, history: list[EpochRecord]) -> None:
         epoch = history[-1].epoch
+        kept = (kept_checkpoint(epoch),) if keep_every and epoch % keep_every == 0 else ()
         save_checkpoint(
             out, params=params, opt_state=opt_state, state=state, key=key,
             step=epoch * steps_per_epoch, epoch=epoch, history=history, cfg_hash=cfg_hash,
+            files=(*kept, CHECKPOINT),
         )  # fmt: skip
         write_epochs(out, history)
 

@@ -116,7 +116,7 @@ def _run(cfg: TrainConfig, data: Dataset, out: Path | None, s, *, start_epoch: i
     if out is not None:
         on_epoch_end = rundir.epoch_writer(
             out, key=s.noise_key, state=s.loop.state, cfg_hash=rundir.config_hash(cfg),
-            steps_per_epoch=s.loop.steps_per_epoch,
+            steps_per_epoch=s.loop.steps_per_epoch, keep_every=cfg.keep_checkpoints,
         )  # fmt: skip
     if sink is not None:  # after the run's own records: they are the source of truth
         on_epoch_end = _also_track(on_epoch_end, sink)
