@@ -1,8 +1,9 @@
 """Check 5: how tight is Theorem 1? A search for datasets that maximise excess / bound.
 
-This goes beyond the paper. By `analysis.theorem1`, excess <= G(T, C, R) <=
-bound / 2, so no dataset can reach a ratio above G / bound (< 1/2, and < 1/4 in
-every case we computed). The search asks how close one can get.
+This goes beyond the paper. By `analysis.theorem1`, excess <= G(T, C, R) <
+bound / 4 (proved there), so no dataset can reach a ratio above G / bound < 1/4.
+The search asks how close one can get on the grid's (T, C); `analysis.sharp`
+brackets the sup over all (T, C, R) and searches beyond collinear data.
 
 Search space: one-dimensional datasets, N points z_i = |u_i| e, y_i = sign(u_i)
 for a unit vector e, so only u_i in [-1, 1] matters, with integer
@@ -311,16 +312,18 @@ def check_tightness(results: Sequence[TightnessResult]) -> list[CheckResult]:
         skipped = "skipped: no T > C"
         return [CheckResult("tightness: max excess/bound found", "ratio", 0.0, skipped, True)]
     best = max(results, key=lambda r: r.ratio)
-    below = all(r.ratio <= r.ceiling_ratio + 1e-12 for r in results)
+    # excess <= G < bound / 4, both proved (analysis.theorem1).
+    below = all(r.ratio <= r.ceiling_ratio + 1e-12 and r.ratio < 0.25 for r in results)
     diff = max(abs(r.verified_excess - r.excess) for r in results)
     verify_tol = max(r.verify_tol for r in results)
     rel = [r.ratio / r.ceiling_ratio for r in results if r.ceiling_ratio > 0]
     finding = (
-        f"Tightness (beyond the paper): the largest excess/bound found is {best.ratio:.4f}, at "
-        f"T={best.inverse_temp:g}, C={best.clip_norm:g}, R={best.radius:g} (excess "
-        f"{best.excess:.4g}, bound {best.bound:.4g}), so the bound is loose by "
-        f">= {1 / best.ratio:.0f}x even on adversarial data. Witness, {sum(best.counts)} points "
-        f"on a line: {describe_witness(best)}. Clipping gives each point the same pull C, so a "
+        f"Tightness (beyond the paper): the largest excess/bound found on this grid is "
+        f"{best.ratio:.4f}, at T={best.inverse_temp:g}, C={best.clip_norm:g}, R={best.radius:g} "
+        f"(excess {best.excess:.4g}, bound {best.bound:.4g}): on this witness the bound is loose "
+        f"by only {1 / best.ratio:.1f}x, so no general statement can be looser than that, while "
+        f"excess < bound/4 is proved for all data. Witness, {sum(best.counts)} points on a "
+        f"line: {describe_witness(best)}. Clipping gives each point the same pull C, so a "
         f"majority of small-norm points outvotes the unit-norm ones: theta_clipped = "
         f"{best.theta_clipped:+.2f} vs theta* = {best.theta_star:+.2f}. No dataset can exceed "
         f"G/bound = {best.ceiling_ratio:.3f} there; the search reaches {min(rel):.0%}-"
@@ -331,7 +334,7 @@ def check_tightness(results: Sequence[TightnessResult]) -> list[CheckResult]:
             name="tightness: max excess/bound found",
             measure="max ratio found",
             value=best.ratio,
-            tolerance="<= G/bound",
+            tolerance="<= G/bound < 1/4",
             passed=below,
             finding=finding,
             details={"best": dataclasses.asdict(best)},
