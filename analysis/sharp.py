@@ -71,12 +71,12 @@ from analysis import tightness
 from analysis.result import CheckResult
 from analysis.theorem1 import paper_bound, sharpened_bound
 
-# The witness row of bound-check: C/T = 3e-4 and T R = 32, where the family's
-# ratio is within 1% of 1/8, n = 256 points (k = 127 unit points), in R^3.
-WITNESS_T, WITNESS_C, WITNESS_R, WITNESS_N = 32.0, 0.01, 1.0, 256
+# The witness row of bound-check: C/T = 3e-4 and T R = 32, n = 128 points (k = 63
+# unit points), re-solved in R^dim.
+WITNESS_T, WITNESS_C, WITNESS_R, WITNESS_N = 32.0, 0.01, 1.0, 128
 # The least ratio the witness must reach. It is 1/8 (1 - O(C/T) - O(1/(T R)) -
-# O(1/n)); measured 0.1234 at the setting above. A bound wrong by a factor 2 in
-# either direction puts the ratio outside [0.12, dual bound ~0.126].
+# O(1/n)); 0.1230 at the setting above (0.1240 at n = 256, 0.1247 at n = 1024). A
+# bound wrong by a factor 2 either way puts the ratio outside [0.12, dual ~0.1250].
 WITNESS_MIN_RATIO = 0.12
 
 
@@ -106,9 +106,7 @@ def _max_a(mu: float, c: float, r: float, n_rho: int = 200, n_t: int = 401) -> f
     def neg(x):
         return -float(_lagrangian_a(x[0], x[1], mu, c, r))
 
-    res = minimize(
-        neg, [rho[i, 0], t[0, j]], method="L-BFGS-B", bounds=[(1e-12, 1.0), (-r, r)]
-    )
+    res = minimize(neg, [rho[i, 0], t[0, j]], method="L-BFGS-B", bounds=[(1e-12, 1.0), (-r, r)])
     return max(best, -float(res.fun))
 
 
@@ -208,9 +206,7 @@ def limit_witness(
     kk, aa = (x.ravel() for x in np.meshgrid(k, a, indexing="ij"))
     u = np.stack([np.ones_like(aa), -np.minimum(aa, 1.0)], axis=1)
     counts = np.stack([kk, n - kk], axis=1)
-    ex, th_c, th_s = tightness.score(
-        u, counts, np.repeat(t, len(u)), np.repeat(c, len(u)), radius
-    )
+    ex, th_c, th_s = tightness.score(u, counts, np.repeat(t, len(u)), np.repeat(c, len(u)), radius)
     i = int(np.argmax(ex))
     bound = paper_bound(inverse_temp, clip_norm, radius)
     result = tightness.TightnessResult(

@@ -312,7 +312,7 @@ def _bound_rows(cells: Sequence[Theorem1Cell], *, dim: int, seed: int) -> list[C
     keys = sorted({(c.inverse_temp, c.clip_norm, c.radius) for c in cells})
     quad = {k: sharpened_bound_by_quadrature(*k) for k in keys}
     sharp = {k: sharpened_bound(*k) for k in keys}
-    quad_err = max(abs(sharp[k] - quad[k]) / max(quad[k], 1e-300) if quad[k] else sharp[k] for k in keys)
+    quad_err = max(abs(sharp[k] - quad[k]) / quad[k] if quad[k] else sharp[k] for k in keys)
     return [
         CheckResult(
             name="Thm 1: bound vs 2(T-C)+ diam(Theta)",
