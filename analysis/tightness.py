@@ -83,6 +83,7 @@ class TightnessResult:
     found_by: str  # "two-cluster family", "random atoms" or "refinement"
     verified_excess: float = math.nan  # the d-dimensional PGD value
     verify_tol: float = math.nan  # the PGD certificates it is compared within
+    cert_recheck: float = math.nan  # numpy recomputation of those certificates / tolerance
 
     @property
     def ceiling_ratio(self) -> float:
@@ -97,6 +98,7 @@ class TightnessResult:
         return (
             abs(self.verified_excess - self.excess) <= self.verify_tol
             and abs(recomputed - self.ratio) <= self.verify_tol / self.bound
+            and self.cert_recheck <= 1.0
         )
 
 
@@ -293,6 +295,7 @@ def verify(
     t = np.array([r.inverse_temp for r in results] * 2)
     c = np.array([r.clip_norm for r in results] + [math.inf] * len(results))
     sol = solvers.projected_gd(z, y, inverse_temp=t, clip_norm=c, radius=results[0].radius, tol=tol)
+    recheck = solvers.recheck_certificate(sol, z, y, inverse_temp=t, clip_norm=c).max(axis=1)
     out = []
     for i, (r, (zi, yi, _)) in enumerate(zip(results, data)):
         j = i + len(results)
@@ -301,7 +304,14 @@ def verify(
         slack = sol.gap[i] + sol.gap[j] + VERIFY_TOL
         if not (sol.certified[i] and sol.certified[j]):
             slack = -math.inf  # uncertified: cannot agree
-        out.append(dataclasses.replace(r, verified_excess=f_c - f_s, verify_tol=float(slack)))
+        out.append(
+            dataclasses.replace(
+                r,
+                verified_excess=f_c - f_s,
+                verify_tol=float(slack),
+                cert_recheck=float(max(recheck[i], recheck[j])),
+            )
+        )
     return out
 
 
