@@ -5,9 +5,10 @@
     python -m analysis.mutate --list             # the mutants and what each plants
 
 Each mutant is one plausible bug: an exact text substitution in one source file.
-For each, the working tree (tracked and untracked, not ignored files) is copied to
-a temporary directory, the substitution is applied there (the worktree is never
-touched), and two detectors run in that copy:
+The working tree (tracked and untracked, not ignored files) is snapshot once at
+the start; for each mutant the snapshot is copied to a temporary directory and
+the substitution applied there (the worktree is never touched, and edits made
+while the runner works do not leak in), and two detectors run in that copy:
 
 - the analysis tests: `python -m pytest tests/test_analysis_*.py -x -q`;
 - `python -m toolkit bound-check --quick` (exit 1: a check failed).
@@ -263,12 +264,12 @@ def _run(cmd: list[str], root: Path, timeout: float) -> subprocess.CompletedProc
         return subprocess.CompletedProcess(cmd, 124, e.stdout or "", e.stderr or "")
 
 
-def run_one(src: Path, mutant: Mutant | None, *, timeout: float) -> Outcome:
-    """Copy, mutate (None: the baseline), run both detectors."""
+def run_one(snapshot: Path, mutant: Mutant | None, *, timeout: float) -> Outcome:
+    """Copy the snapshot, mutate (None: the baseline), run both detectors."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
-        root = Path(tmp)
-        _copy_tree(src, root)
+        root = Path(tmp) / "tree"
+        shutil.copytree(snapshot, root)
         if mutant is not None:
             _apply(root, mutant)
         tests = sorted(str(p.relative_to(root)) for p in root.glob("tests/test_analysis_*.py"))
@@ -372,26 +373,37 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True
     ).stdout.strip()
-    outcomes = [run_one(src, None, timeout=args.timeout)]
-    print(f"baseline: tests rc {outcomes[0].tests_rc}, bound-check rc {outcomes[0].check_rc}")
-    if outcomes[0].tests_rc != 0 or outcomes[0].check_rc != 0:
-        print("error: the unmutated tree does not pass both detectors", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="mutation-snapshot-") as tmp:
+        snapshot = Path(tmp)
+        _copy_tree(src, snapshot)
+        outcomes = _run_all(snapshot, [by_name[n] for n in names], timeout=args.timeout)
+    if outcomes is None:
         return 1
-    for name in names:
-        o = run_one(src, by_name[name], timeout=args.timeout)
-        outcomes.append(o)
-        print(
-            f"{name:26s} tests {'killed' if o.killed_by_tests else 'SURVIVED'}"
-            f" ({o.first_failed_test or '-'}), bound-check "
-            f"{'killed' if o.killed_by_check else 'SURVIVED'} ({'; '.join(o.failed_rows) or '-'})"
-            f" [{o.seconds:.0f} s]",
-            flush=True,
-        )
     if args.out:
         Path(src / args.out).write_text(report(outcomes, by_name, commit))
         print(f"wrote {args.out}")
     survived = [o for o in outcomes[1:] if not (o.killed_by_tests and o.killed_by_check)]
     return 1 if survived else 0
+
+
+def _run_all(snapshot: Path, mutants: list[Mutant], *, timeout: float) -> list[Outcome] | None:
+    """The baseline, then every mutant; None if the baseline does not pass both detectors."""
+    outcomes = [run_one(snapshot, None, timeout=timeout)]
+    print(f"baseline: tests rc {outcomes[0].tests_rc}, bound-check rc {outcomes[0].check_rc}")
+    if outcomes[0].tests_rc != 0 or outcomes[0].check_rc != 0:
+        print("error: the unmutated tree does not pass both detectors", file=sys.stderr)
+        return None
+    for mutant in mutants:
+        o = run_one(snapshot, mutant, timeout=timeout)
+        outcomes.append(o)
+        print(
+            f"{mutant.name:26s} tests {'killed' if o.killed_by_tests else 'SURVIVED'}"
+            f" ({o.first_failed_test or '-'}), bound-check "
+            f"{'killed' if o.killed_by_check else 'SURVIVED'} ({'; '.join(o.failed_rows) or '-'})"
+            f" [{o.seconds:.0f} s]",
+            flush=True,
+        )
+    return outcomes
 
 
 if __name__ == "__main__":
