@@ -39,6 +39,10 @@ from analysis.theorem1 import paper_bound, sharpened_bound
 
 # Bisection steps: 2R / 2^52 is float64 resolution of theta in [-R, R].
 BISECTION_STEPS = 52
+# `verify` also stops the same PGD runs this many steps in, inside the momentum phase
+# of the hard (C << T) witnesses, and redoes the certificate there: it holds at every
+# step, and there the extrapolated point differs from the iterate.
+MIDFLIGHT_STEPS = solvers.PLAIN_STEPS + 25
 # Surrogate derivatives within +-FLAT * max(T, 1) of zero count as zero (flat).
 FLAT = 1e-12
 # PGD's certificate bounds the surrogate's value, not L_T's: where the surrogate
@@ -84,6 +88,10 @@ class TightnessResult:
     verified_excess: float = math.nan  # the d-dimensional PGD value
     verify_tol: float = math.nan  # the PGD certificates it is compared within
     cert_recheck: float = math.nan  # numpy recomputation of those certificates / tolerance
+    # The same recomputation with PGD stopped MIDFLIGHT_STEPS in (batch max), and how far
+    # the extrapolated point was from the iterate there (momentum active if > 0).
+    midflight_recheck: float = math.nan
+    midflight_momentum: float = math.nan
 
     @property
     def ceiling_ratio(self) -> float:
@@ -296,6 +304,17 @@ def verify(
     c = np.array([r.clip_norm for r in results] + [math.inf] * len(results))
     sol = solvers.projected_gd(z, y, inverse_temp=t, clip_norm=c, radius=results[0].radius, tol=tol)
     recheck = solvers.recheck_certificate(sol, z, y, inverse_temp=t, clip_norm=c).max(axis=1)
+    mid = solvers.projected_gd(
+        z,
+        y,
+        inverse_temp=t,
+        clip_norm=c,
+        radius=results[0].radius,
+        tol=tol,
+        max_iter=MIDFLIGHT_STEPS,
+    )
+    mid_recheck = float(solvers.recheck_certificate(mid, z, y, inverse_temp=t, clip_norm=c).max())
+    momentum = float(np.max(np.linalg.norm(mid.anchor - mid.theta, axis=1)) / results[0].radius)
     out = []
     for i, (r, (zi, yi, _)) in enumerate(zip(results, data)):
         j = i + len(results)
@@ -310,6 +329,8 @@ def verify(
                 verified_excess=f_c - f_s,
                 verify_tol=float(slack),
                 cert_recheck=float(max(recheck[i], recheck[j])),
+                midflight_recheck=mid_recheck,
+                midflight_momentum=momentum,
             )
         )
     return out
@@ -346,6 +367,20 @@ def check_tightness(results: Sequence[TightnessResult]) -> list[CheckResult]:
         f"G/bound = {best.ceiling_ratio:.3f} there; the search reaches {min(rel):.0%}-"
         f"{max(rel):.0%} of G over the {len(results)} (T, C) pairs."
     )
+    mid = max(r.midflight_recheck for r in results)
+    rows_mid = [
+        CheckResult(
+            name="PGD certificate mid-momentum",
+            measure="max error / tolerance",
+            value=mid,
+            tolerance="<= 1",
+            passed=mid <= 1.0,
+            details={
+                "stopped at step": MIDFLIGHT_STEPS,
+                "max ||anchor - theta|| / R there": max(r.midflight_momentum for r in results),
+            },
+        )
+    ]
     return [
         CheckResult(
             name="tightness: max excess/bound found",
@@ -363,4 +398,5 @@ def check_tightness(results: Sequence[TightnessResult]) -> list[CheckResult]:
             tolerance=f"<= {verify_tol:.1e}",
             passed=all(r.verified for r in results),
         ),
+        *rows_mid,
     ]

@@ -243,3 +243,16 @@ def test_theorem1_rows_fail_on_a_negative_excess():
     rows = {r.name: r.passed for r in theorem1.check_theorem1(bad, tol=1e-10)}
     assert not rows["Thm 1: max excess/(4R max(T-C,0))"]
     assert not rows["Thm 1: excess in [-cert, G + cert]"]
+
+
+def test_certificate_is_reproduced_mid_momentum():
+    # Stopped a few steps into the momentum phase, where the extrapolated point y (the
+    # anchor) differs from the iterate: numpy must redo G and the certificate at y.
+    d = make_datasets(n=16, dim=3, seed=0)[0]
+    args = dict(inverse_temp=np.array([32.0]), clip_norm=np.array([0.01]))
+    sol = solvers.projected_gd(
+        d.z[None], d.y[None], **args, radius=4.0, tol=1e-10, max_iter=solvers.PLAIN_STEPS + 25
+    )
+    assert not sol.certified[0] and sol.iterations[0] == solvers.PLAIN_STEPS + 25
+    assert np.linalg.norm(sol.anchor[0] - sol.theta[0]) > 0  # momentum is active
+    assert solvers.recheck_certificate(sol, d.z[None], d.y[None], **args).max() <= 1.0
