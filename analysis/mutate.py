@@ -272,7 +272,11 @@ def run_one(snapshot: Path, mutant: Mutant | None, *, timeout: float) -> Outcome
         shutil.copytree(snapshot, root)
         if mutant is not None:
             _apply(root, mutant)
-        tests = sorted(str(p.relative_to(root)) for p in root.glob("tests/test_analysis_*.py"))
+        # The end-to-end CLI test last: -x then stops at the quicker unit tests first.
+        tests = sorted(
+            (str(p.relative_to(root)) for p in root.glob("tests/test_analysis_*.py")),
+            key=lambda name: (name.endswith("_cli.py"), name),
+        )
         t = _run(
             [sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider"],
             root,
@@ -389,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run_all(snapshot: Path, mutants: list[Mutant], *, timeout: float) -> list[Outcome] | None:
     """The baseline, then every mutant; None if the baseline does not pass both detectors."""
     outcomes = [run_one(snapshot, None, timeout=timeout)]
-    print(f"baseline: tests rc {outcomes[0].tests_rc}, bound-check rc {outcomes[0].check_rc}")
+    print(
+        f"baseline: tests rc {outcomes[0].tests_rc} ({outcomes[0].first_failed_test or '-'}), "
+        f"bound-check rc {outcomes[0].check_rc} ({'; '.join(outcomes[0].failed_rows) or '-'})"
+    )
     if outcomes[0].tests_rc != 0 or outcomes[0].check_rc != 0:
         print("error: the unmutated tree does not pass both detectors", file=sys.stderr)
         return None
