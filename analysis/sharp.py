@@ -3,10 +3,11 @@
 Beyond the paper. Write kappa = sup excess / (4 R (T - C)) over every dataset
 with ||z_i|| <= 1 and every T > C > 0, R > 0. This module brackets kappa:
 
-    0.1247... (a witness)  <=  kappa  <  1/4 (proved),
+    0.1249996 (a witness, n = 2^20)  <=  kappa  <  1/4 (proved),
 
-and a Lagrangian (dual) bound, numerically evaluated, puts kappa at <= 1/8 + o(1)
-on every (C/T, TR) examined, approached only as C/T -> 0 and TR -> oo.
+and a Lagrangian (dual) bound, numerically evaluated, puts kappa at <= 0.1251 on
+every (C/T, TR) examined (0.1250111 where the witness reaches 0.1249996): kappa =
+1/8, approached only as C/T -> 0, TR -> oo and n -> oo (docs/sharp-constant.md).
 
 Reduction (`analysis.invariance`). With theta' = T theta, l(theta; z, y, T) =
 l(theta'; z, y, 1), gradients scale by 1/T and the ball by T, so the clipped and
