@@ -67,7 +67,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "analysis/theorem1.py",
         "return 2.0 * max(inverse_temp - clip_norm, 0.0) * 2.0 * radius",
         "return 2.0 * abs(inverse_temp - clip_norm) * 2.0 * radius",
-        "|T - C| for max(T - C, 0): a positive bound where C > T",
+        "abs(T - C) for max(T - C, 0): a positive bound where C > T",
     ),
     Mutant(
         "projection-box",
