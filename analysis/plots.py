@@ -196,7 +196,8 @@ def tightness_figure(result: SuiteResult) -> Figure:
         left.plot(x, [r.ratio for r in s], color=f"C{i}", marker="o")
         left.plot(x, [r.ceiling_ratio for r in s], color=f"C{i}", ls="--", marker="^", mfc="none")
     left.axhline(1.0, color="black", lw=2)
-    left.axhline(0.5, color="black", ls=":")
+    left.axhline(0.25, color="black", ls=":")  # proved: excess <= G < bound / 4
+    left.axhline(0.125, color="black", ls="-.")  # the witness family's limit (analysis.sharp)
     left.set_xscale("log")
     left.set_yscale("log")
     xs = [r.clip_norm / r.inverse_temp for r in found]
@@ -217,7 +218,8 @@ def tightness_figure(result: SuiteResult) -> Figure:
             label="ceiling G/bound (no dataset can exceed)",
         ),
         Line2D([], [], color="black", lw=2, label="Theorem 1 (ratio 1)"),
-        Line2D([], [], color="black", ls=":", label="bound/2 (the proof's factor 2)"),
+        Line2D([], [], color="black", ls=":", label="1/4: proved, no dataset reaches it"),
+        Line2D([], [], color="black", ls="-.", label="1/8: witness limit (analysis.sharp)"),
     ] + [Line2D([], [], color=f"C{i}", lw=3, label=f"T = {t:g}") for i, t in enumerate(temps)]
     left.legend(handles=handles, fontsize=7, ncol=2, loc="lower left")
 

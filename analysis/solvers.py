@@ -20,7 +20,8 @@ the fixed point of clipped projected GD is that surrogate's minimiser.
    prox-grad inequality), so the returned y+ is within ||G|| (||y|| + R)
    (<= 2R tol when y is in the ball) of the optimal value: the certificate.
    The first `PLAIN_STEPS` steps are plain projected GD (y = theta), which
-   certifies every default cell. Problems still uncertified then continue with
+   certify the default grid's cells (~2900 steps at most). Problems still
+   uncertified then continue with
    Nesterov momentum (FISTA with gradient restart, O'Donoghue and Candes 2015):
    clipping with C << T leaves the surrogate almost flat and plain GD crawling.
    Momentum changes the path, not the fixed points (the surrogate's
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -43,14 +43,14 @@ import scipy.optimize
 from scipy.special import expit
 
 from analysis.losses import binary_loss
-from analysis.precision import float64
+from analysis.precision import EPS, float64
 from toolkit.clipping import clip_factors
 
 # A run that has not met its certificate after this many steps is reported as
 # uncertified (and fails its check) rather than silently accepted.
 MAX_ITERATIONS = 1_000_000
 # Plain projected GD for this many steps, then momentum (module docstring).
-PLAIN_STEPS = 20_000
+PLAIN_STEPS = 3_000
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -65,6 +65,10 @@ class PGDSolution:
       iterations: (B,) steps taken (momentum from step PLAIN_STEPS on).
       certified: (B,) whether ||G|| <= tol was reached.
       ever_clipped: (B,) whether any per-example gradient was clipped at any step.
+      anchor: (B, d) the point y the last step started from (the extrapolated point
+        under momentum), where G and the certificate are evaluated; theta = P(y - eta F(y)).
+      step: (B,) the step size eta = 1/L used.
+      radius: (B,) the radius R of each problem's ball.
     """
 
     theta: np.ndarray
@@ -73,6 +77,9 @@ class PGDSolution:
     iterations: np.ndarray
     certified: np.ndarray
     ever_clipped: np.ndarray
+    anchor: np.ndarray
+    step: np.ndarray
+    radius: np.ndarray
 
 
 def _clipped_field(theta, z, y, inverse_temp, clip_norm):
@@ -92,7 +99,7 @@ def _project(theta, radius):
 
 def _solve_one(z, y, inverse_temp, clip_norm, eta, radius, tol, max_iter):
     def body(state):
-        theta, theta_prev, t, _, _, k, clipped = state
+        theta, theta_prev, t, _, _, k, clipped, _ = state
         t_next = (1.0 + jnp.sqrt(1.0 + 4.0 * t**2)) / 2.0
         momentum = jnp.where(k >= PLAIN_STEPS, (t - 1.0) / t_next, 0.0)
         point = theta + momentum * (theta - theta_prev)
@@ -103,7 +110,7 @@ def _solve_one(z, y, inverse_temp, clip_norm, eta, radius, tol, max_iter):
         restart = jnp.dot(point - theta_next, theta_next - theta) > 0
         t_new = jnp.where(restart, 1.0, t_next)
         reach = jnp.linalg.norm(point) + radius  # bounds ||point - theta*||
-        return theta_next, theta, t_new, gmap, reach, k + 1, clipped | clipped_now
+        return theta_next, theta, t_new, gmap, reach, k + 1, clipped | clipped_now, point
 
     def cond(state):
         return (state[3] > tol) & (state[5] < max_iter)
@@ -111,16 +118,16 @@ def _solve_one(z, y, inverse_temp, clip_norm, eta, radius, tol, max_iter):
     zero = jnp.zeros(z.shape[1], z.dtype)
     one = jnp.asarray(1.0, z.dtype)
     inf = jnp.asarray(jnp.inf, z.dtype)
-    init = (zero, zero, one, inf, inf, 0, jnp.asarray(False))
-    theta, _, _, gmap, reach, k, clipped = jax.lax.while_loop(cond, body, init)
-    return theta, gmap, gmap * reach, k, clipped
+    init = (zero, zero, one, inf, inf, 0, jnp.asarray(False), zero)
+    theta, _, _, gmap, reach, k, clipped, anchor = jax.lax.while_loop(cond, body, init)
+    return theta, gmap, gmap * reach, k, clipped, anchor
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
-def _solve_batch(z, y, inverse_temp, clip_norm, eta, radius, tol, *, max_iter):
-    solve = partial(_solve_one, max_iter=max_iter)
-    return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, None, None))(
-        z, y, inverse_temp, clip_norm, eta, radius, tol
+@jax.jit
+def _solve_batch(z, y, inverse_temp, clip_norm, eta, radius, tol, max_iter):
+    # max_iter is traced (not static): a run stopped early reuses the compiled loop.
+    return jax.vmap(_solve_one, in_axes=(0, 0, 0, 0, 0, 0, None, None))(
+        z, y, inverse_temp, clip_norm, eta, radius, tol, max_iter
     )
 
 
@@ -138,7 +145,7 @@ def projected_gd(
     *,
     inverse_temp: np.ndarray,
     clip_norm: np.ndarray,
-    radius: float,
+    radius: float | np.ndarray,
     tol: float,
     max_iter: int = MAX_ITERATIONS,
 ) -> PGDSolution:
@@ -147,7 +154,7 @@ def projected_gd(
     Args:
       z: (B, n, d) features, y: (B, n) labels in {-1, +1}.
       inverse_temp: (B,) T > 0; clip_norm: (B,) C > 0 or inf.
-      radius: R, the radius of the ball Theta.
+      radius: R, the radius of the ball Theta: one for all problems, or (B,).
       tol: stop when the projected-gradient mapping has norm <= tol.
       max_iter: safety cap; problems that hit it come back with certified=False.
 
@@ -156,15 +163,17 @@ def projected_gd(
     """
     z = np.asarray(z, np.float64)
     inverse_temp = np.asarray(inverse_temp, np.float64)
-    theta, gmap, gap, iters, clipped = _solve_batch(
+    radius = np.broadcast_to(np.asarray(radius, np.float64), inverse_temp.shape)
+    eta = step_size(z, inverse_temp)
+    theta, gmap, gap, iters, clipped, anchor = _solve_batch(
         jnp.asarray(z),
         jnp.asarray(y, jnp.float64),
         jnp.asarray(inverse_temp),
         jnp.asarray(clip_norm, jnp.float64),
-        jnp.asarray(step_size(z, inverse_temp)),
-        jnp.asarray(radius, jnp.float64),
+        jnp.asarray(eta),
+        jnp.asarray(radius),
         jnp.asarray(tol, jnp.float64),
-        max_iter=max_iter,
+        jnp.asarray(max_iter),
     )
     gmap = np.asarray(gmap)
     return PGDSolution(
@@ -174,7 +183,60 @@ def projected_gd(
         iterations=np.asarray(iters),
         certified=gmap <= tol,
         ever_clipped=np.asarray(clipped),
+        anchor=np.asarray(anchor),
+        step=eta,
+        radius=radius.copy(),
     )
+
+
+# Tolerances of `recheck_certificate`, in its column order (step, theta, G, eps):
+# eta L = 1 to round-off (eigvalsh vs SVD: up to 14 eps seen); theta to round-off
+# of R; ||y - y+|| is ~1e-10 eta while y is O(R), so G and eps agree to ~1e-6
+# relative at worst, plus an absolute floor of 64 eps (||y|| + eta ||F|| + R) / eta
+# for G (times ||y|| + R for eps).
+CERT_TOLS = (64 * EPS, 1e-12, 1e-4, 1e-4)
+
+
+def recheck_certificate(
+    sol: PGDSolution,
+    z: np.ndarray,
+    y: np.ndarray,
+    *,
+    inverse_temp: np.ndarray,
+    clip_norm: np.ndarray,
+) -> np.ndarray:
+    """Recompute, in numpy and without the solver's code, each returned certificate.
+
+    From the returned anchor y (the point the last step started from): eta = 1/L with
+    L = (T^2/4) ||Z||_2^2 / n by SVD, F(y) by the hand-derived surrogate gradient,
+    y+ = P(y - eta F(y)) with a numpy projection, G = ||y - y+|| / eta and
+    eps = G (||y|| + R) (Beck 2017, Thm. 10.16). They must reproduce the returned
+    step, theta, ||G|| and gap.
+
+    Returns:
+      (B, 4) errors in units of their tolerance (<= 1 passes): |eta L - 1| / tol,
+      ||theta - y+|| / (R tol), and |G - G_numpy| / (tol G_numpy + floor), the same for eps.
+    """
+    tol_step, tol_theta, tol_g, tol_eps = CERT_TOLS
+    out = np.zeros((len(sol.theta), 4))
+    for i in range(len(sol.theta)):
+        t, c, r = float(inverse_temp[i]), float(clip_norm[i]), float(sol.radius[i])
+        lip = t**2 / 4.0 * np.linalg.norm(z[i], 2) ** 2 / len(y[i])
+        anchor, eta = sol.anchor[i], float(sol.step[i])
+        _, field = surrogate_value_and_grad(anchor, z[i], y[i], inverse_temp=t, clip_norm=c)
+        moved = anchor - eta * field
+        norm = np.linalg.norm(moved)
+        nxt = moved * (r / norm) if norm > r else moved
+        floor = 64 * EPS * (np.linalg.norm(anchor) + eta * np.linalg.norm(field) + r) / eta
+        gmap = float(np.linalg.norm(anchor - nxt)) / eta
+        reach = float(np.linalg.norm(anchor)) + r
+        out[i] = [
+            abs(eta * lip - 1.0) / tol_step,
+            float(np.linalg.norm(nxt - sol.theta[i])) / (r * tol_theta),
+            abs(gmap - sol.gradient_mapping[i]) / (tol_g * gmap + floor),
+            abs(gmap * reach - sol.gap[i]) / ((tol_eps * gmap + floor) * reach),
+        ]
+    return out
 
 
 # ----------------------------------------------------------------------------

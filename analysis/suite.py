@@ -1,4 +1,8 @@
-"""All eight checks of `toolkit bound-check`, from one validated configuration.
+"""All checks of `toolkit bound-check`, from one validated configuration.
+
+Checks 1-6 are the paper's claims; `EXTRA_CHECKS` lists the checks beyond the
+paper (each a function of the config returning `CheckResult` rows), run after them
+in that order: add a new one there.
 
 `BoundCheckConfig` is validated on construction (a `ToolkitError` naming the
 argument, the value and what is allowed), so a config that exists can run.
@@ -12,9 +16,18 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from analysis import bounds, conservative, multiclass, noisy, theorem1, tightness
+from analysis import (
+    bounds,
+    conservative,
+    invariance,
+    multiclass,
+    noisy,
+    sharp,
+    theorem1,
+    tightness,
+)
 from analysis.datasets import make_datasets
 from analysis.result import CheckResult
 from toolkit.errors import ToolkitError
@@ -36,10 +49,15 @@ MAX_DIM = 64
 # 0.11-0.24 over seeds 0-7, against the 0.05 required).
 CONSERVATIVE = dict(n=32, dim=4, classes=3, inverse_temp=2.0, clip_norm=0.5, points=8)
 
+# The invariance rows re-solve these (T, C) pairs, at the config's radius, on the
+# `outliers` dataset (the largest excess on the default grid).
+INVARIANCE_PAIRS = ((4.0, 0.5), (8.0, 1.0))
+INVARIANCE_DATASET = "outliers"
+
 
 @dataclasses.dataclass(frozen=True)
 class BoundCheckConfig:
-    """What `bound-check` runs. The defaults take ~10 s on a 2-core CPU.
+    """What `bound-check` runs. The defaults take ~15 s on a 2-core CPU.
 
     Attributes:
       temperatures: inverse temperatures T of the Theorem 1 grid.
@@ -127,14 +145,57 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     seconds[name] = round(time.perf_counter() - start, 3)
 
 
+def _sharp_constant(config: BoundCheckConfig) -> list[CheckResult]:
+    return sharp.check_sharp(dim=config.dim, seed=config.seed, tol=PGD_TOL)
+
+
+def _invariances(config: BoundCheckConfig) -> list[CheckResult]:
+    data = {d.name: d for d in make_datasets(n=config.n, dim=config.dim, seed=config.seed)}
+    cases = invariance.run_invariance(
+        data[INVARIANCE_DATASET],
+        pairs=INVARIANCE_PAIRS,
+        radius=config.radius,
+        tol=PGD_TOL,
+        seed=config.seed,
+    )
+    return invariance.check_invariance(cases, dataset=INVARIANCE_DATASET)
+
+
+def _noisy(config: BoundCheckConfig) -> list[CheckResult]:
+    return noisy.suite_rows(n=config.n, dim=config.dim, seed=config.seed, quick=config.quick)
+
+
+def _multiclass(config: BoundCheckConfig) -> list[CheckResult]:
+    return multiclass.suite_rows(
+        temperatures=config.temperatures,
+        clip_norms=config.clip_norms,
+        radius=config.radius,
+        n=config.n,
+        dim=config.dim,
+        seed=config.seed,
+        tol=PGD_TOL,
+        quick=config.quick,
+    )
+
+
+# Checks beyond the paper: (timing label, function of the config returning rows), run
+# after checks 1-6 in this order. Other modules' checks are added here.
+EXTRA_CHECKS: tuple[tuple[str, Callable[[BoundCheckConfig], Sequence[CheckResult]]], ...] = (
+    ("7 sharp constant", _sharp_constant),
+    ("8 invariances", _invariances),
+    ("9 noisy clipped GD", _noisy),
+    ("10 multiclass", _multiclass),
+)
+
+
 def run(config: BoundCheckConfig) -> SuiteResult:
-    """Run checks 1-8 (module docstrings of `bounds`, `theorem1`, `tightness`, `conservative`,
-    `noisy`, `multiclass`)."""
+    """Run checks 1-6 (module docstrings of `bounds`, `theorem1`, `tightness`, `conservative`)
+    and then `EXTRA_CHECKS`."""
     quick, dim, seed = config.quick, config.dim, config.seed
     seconds: dict[str, float] = {}
     checks: list[CheckResult] = []
     with _timed(seconds, "1 tempered sigmoid"):
-        checks += bounds.check_tempered_sigmoid(grid_size=2001 if quick else 200_001)
+        checks += bounds.check_tempered_sigmoid(grid_size=2001 if quick else 20_001)
     with _timed(seconds, "2 eq. (4)"):
         checks += bounds.check_eq4(num_random=200 if quick else 2000, dim=dim, seed=seed)
     with _timed(seconds, "3 eq. (5)"):
@@ -148,7 +209,7 @@ def run(config: BoundCheckConfig) -> SuiteResult:
             radius=config.radius,
             tol=PGD_TOL,
         )
-        checks += theorem1.check_theorem1(cells, tol=PGD_TOL)
+        checks += theorem1.check_theorem1(cells, tol=PGD_TOL, dim=dim, seed=seed)
 
     pairs = [(t, c) for t in config.temperatures for c in config.clip_norms if t > c]
     effort = tightness.QUICK_EFFORT if quick else tightness.SearchEffort()
@@ -160,20 +221,9 @@ def run(config: BoundCheckConfig) -> SuiteResult:
 
     with _timed(seconds, "6 conservativeness"):
         checks += conservative.check_conservative(**CONSERVATIVE, seed=seed)
-
-    with _timed(seconds, "7 noisy clipped GD"):
-        checks += noisy.suite_rows(n=config.n, dim=dim, seed=seed, quick=quick)
-    with _timed(seconds, "8 multiclass"):
-        checks += multiclass.suite_rows(
-            temperatures=config.temperatures,
-            clip_norms=config.clip_norms,
-            radius=config.radius,
-            n=config.n,
-            dim=dim,
-            seed=seed,
-            tol=PGD_TOL,
-            quick=quick,
-        )
+    for label, check in EXTRA_CHECKS:
+        with _timed(seconds, label):
+            checks += check(config)
     return SuiteResult(
         config=config,
         checks=tuple(checks),

@@ -136,6 +136,7 @@ def test_check_conservative_rows_pass_and_agree_with_finite_differences():
         n=16, dim=3, classes=3, inverse_temp=T, clip_norm=C, points=2, seed=0
     )
     assert [r.passed for r in rows] == [True] * 4
+    # Row 0: ||J - H|| / ||H|| with H the hand-derived Hessian of L_hat (round-off).
     assert rows[0].value <= 1e-12 and rows[2].value >= 0.05
     # Without clipping the softmax field is grad L_T: symmetric to round-off.
     assert rows[2].details["asymmetry without clipping"] <= 1e-12
@@ -146,3 +147,23 @@ def test_asymmetry_of_known_matrices():
     assert conservative.asymmetry(np.zeros((2, 2))) == 0.0
     # [[0, 1], [0, 0]]: ||J - J^T|| = sqrt(2), ||J|| = 1.
     assert conservative.asymmetry(np.array([[0.0, 1.0], [0.0, 0.0]])) == pytest.approx(np.sqrt(2))
+
+
+def test_binary_jacobian_is_the_hand_derived_hessian_of_the_surrogate():
+    # Independent reference: central differences of the numpy hand-derived gradient
+    # (analysis.solvers), compared with the closed-form Hessian mean_i h''(m_i) z_i z_i^T.
+    from analysis import solvers
+
+    z, y, _ = data()
+    rng = np.random.default_rng(5)
+    h = 1e-6
+    for _ in range(3):
+        theta = rng.normal(size=3) * 2.0
+
+        def grad(th):
+            return solvers.surrogate_value_and_grad(th, z, y, inverse_temp=T, clip_norm=C)[1]
+
+        fd = np.stack([(grad(theta + h * e) - grad(theta - h * e)) / (2 * h) for e in np.eye(3)])
+        hess = conservative.binary_surrogate_hessian(theta, z, y, inverse_temp=T, clip_norm=C)
+        # Central differences: O(h^2 T^4) + O(eps / h) ~ 1e-9 (no kink within h here).
+        np.testing.assert_allclose(hess, fd, atol=1e-8)

@@ -1,10 +1,13 @@
 """Check 4 (analysis.solvers, analysis.theorem1) against closed forms and a second solver."""
 
+import dataclasses
 import math
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.integrate import quad
 from scipy.special import expit
 
@@ -145,5 +148,111 @@ def test_momentum_phase_certifies_a_nearly_flat_surrogate():
     )
     (cell,) = cells
     assert cell.iterations > solvers.PLAIN_STEPS and cell.certified
+    # The certificate was computed at the extrapolated point: numpy redoes it there.
+    assert cell.cert_recheck <= 1.0
     assert cell.scipy_error <= theorem1.SCIPY_TOL and cell.scipy_below_certificate
     assert cell.excess <= cell.bound + cell.cert_clipped
+
+
+@pytest.mark.parametrize(
+    "t, c, r",
+    [(2.0, 1.0, 1.0), (8.0, 0.1, 1.0), (1.0, 0.1, 1.0), (0.5, 0.1, 2.0), (32.0, 0.01, 4.0)],
+)
+def test_sharpened_bound_by_trapezoid_matches_scipy_quad(t, c, r):
+    # (1, 0.1, 1) has t0 > R at the maximiser (sigma(-1) > 0.1): the clipping interval
+    # must stop at the ball's edge. Reference: scipy quad at each rho of a grid, refined.
+    def gap(rho):
+        f = lambda s: max(t * rho * expit(-t * rho * s) - c, 0.0)  # noqa: E731
+        return quad(f, -r, r, limit=400, epsabs=1e-13, epsrel=1e-12)[0]
+
+    rhos = np.linspace(0.005, 1.0, 200)
+    j = int(np.argmax([gap(x) for x in rhos]))
+    lo, hi = rhos[max(j - 1, 0)], rhos[min(j + 1, len(rhos) - 1)]
+    reference = max(gap(x) for x in np.linspace(lo, hi, 41))
+    # Both are maxima over rho grids of a function flat at its max: 1e-6 relative.
+    assert theorem1.sharpened_bound_by_quadrature(t, c, r) == pytest.approx(reference, rel=1e-6)
+    assert theorem1.sharpened_bound(t, c, r) == pytest.approx(reference, rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    t=st.floats(0.05, 64.0),
+    c_frac=st.floats(0.001, 0.999),
+    r=st.floats(0.01, 10.0),
+)
+def test_sharpened_bound_is_below_a_quarter_of_the_paper_bound(t, c_frac, r):
+    # Proved in analysis.theorem1: G < R (T - C) = bound / 4 whenever T > C.
+    c = c_frac * t
+    assert theorem1.sharpened_bound(t, c, r) < theorem1.paper_bound(t, c, r) / 4
+
+
+def test_measured_diameter_is_twice_the_radius():
+    for r in (0.5, 1.0, 3.0):
+        assert theorem1.measured_diameter(r, dim=4, seed=0) == pytest.approx(2 * r, rel=1e-15)
+
+
+def _closed_form_solution(tol, *, t=T, c=C, r=R):
+    z, y = two_cluster()
+    sol = solvers.projected_gd(
+        np.stack([z, z]),
+        np.stack([y, y]),
+        inverse_temp=np.array([t, t]),
+        clip_norm=np.array([c, math.inf]),
+        radius=r,
+        tol=tol,
+    )
+    return z, y, sol
+
+
+def test_loose_certificate_bounds_the_true_suboptimality():
+    # At tol = 1e-3 the certificate is far from 0, and the exact optima are known in
+    # closed form (THETA_CLIPPED, THETA_STAR): f(theta) - f* must be <= gap.
+    z, y, sol = _closed_form_solution(1e-3)
+    for i, (c, th_exact) in enumerate([(C, THETA_CLIPPED), (math.inf, THETA_STAR)]):
+        exact = np.zeros(3)
+        exact[0] = th_exact
+        f, _ = solvers.surrogate_value_and_grad(sol.theta[i], z, y, inverse_temp=T, clip_norm=c)
+        f_star, _ = solvers.surrogate_value_and_grad(exact, z, y, inverse_temp=T, clip_norm=c)
+        assert 0 <= f - f_star <= sol.gap[i]
+        assert sol.gap[i] > 1e-6  # the check is not vacuous
+
+
+def test_recheck_certificate_reproduces_the_solver_and_flags_a_wrong_gap():
+    z, y, sol = _closed_form_solution(1e-12)
+    args = dict(inverse_temp=np.array([T, T]), clip_norm=np.array([C, math.inf]))
+    zz, yy = np.stack([z, z]), np.stack([y, y])
+    assert solvers.recheck_certificate(sol, zz, yy, **args).max() <= 1.0
+    # A certificate computed as ||G|| R (not ||G|| (||y|| + R)) must be flagged.
+    wrong = dataclasses.replace(sol, gap=sol.gradient_mapping * R)
+    assert solvers.recheck_certificate(wrong, zz, yy, **args)[:, 3].max() > 1.0
+    # So must an anchor that is not the point the last step started from.
+    moved = dataclasses.replace(sol, anchor=sol.anchor + 1e-6)
+    assert solvers.recheck_certificate(moved, zz, yy, **args).max() > 1.0
+
+
+def test_theorem1_rows_fail_on_a_negative_excess():
+    cells = theorem1.run_grid(
+        make_datasets(n=16, dim=3, seed=0)[:1],
+        temperatures=(4.0,),
+        clip_norms=(0.5,),
+        radius=1.0,
+        tol=1e-10,
+    )
+    assert all(r.passed for r in theorem1.check_theorem1(cells, tol=1e-10))
+    bad = [dataclasses.replace(cells[0], excess=-1e-6)]
+    rows = {r.name: r.passed for r in theorem1.check_theorem1(bad, tol=1e-10)}
+    assert not rows["Thm 1: max excess/(4R max(T-C,0))"]
+    assert not rows["Thm 1: excess in [-cert, G + cert]"]
+
+
+def test_certificate_is_reproduced_mid_momentum():
+    # Stopped a few steps into the momentum phase, where the extrapolated point y (the
+    # anchor) differs from the iterate: numpy must redo G and the certificate at y.
+    d = make_datasets(n=16, dim=3, seed=0)[0]
+    args = dict(inverse_temp=np.array([32.0]), clip_norm=np.array([0.01]))
+    sol = solvers.projected_gd(
+        d.z[None], d.y[None], **args, radius=4.0, tol=1e-10, max_iter=solvers.PLAIN_STEPS + 25
+    )
+    assert not sol.certified[0] and sol.iterations[0] == solvers.PLAIN_STEPS + 25
+    assert np.linalg.norm(sol.anchor[0] - sol.theta[0]) > 0  # momentum is active
+    assert solvers.recheck_certificate(sol, d.z[None], d.y[None], **args).max() <= 1.0

@@ -46,6 +46,8 @@ def test_search_finds_verified_witnesses_below_the_ceiling():
     found = tightness.verify(found, dim=2, seed=0, tol=1e-10)
     for r in found:
         assert sum(r.counts) == 16
+        # The ratio against the bound written out here: 2 (T - C) times diameter 2R.
+        assert r.ratio == pytest.approx(r.excess / (4 * r.radius * (r.inverse_temp - r.clip_norm)))
         assert 0 < r.ratio <= r.ceiling_ratio < 0.5
         assert r.verified  # the d-dim clipped projected GD agrees
     assert all(row.passed for row in tightness.check_tightness(found))
