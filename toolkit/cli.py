@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.cli_errors import one_line_errors
-from toolkit.cli_inputs import given_options, show_defaults
+from toolkit.cli_inputs import given_options, show_defaults, train_defaults
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(
@@ -27,24 +27,9 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 
 
-def _train_defaults() -> dict:
-    """What a `toolkit train` run gets for an option it is not given (shown by --help)."""
-    import dataclasses
-
-    from toolkit.activations import ActivationSpec
-    from toolkit.config import TrainConfig
-
-    spec = ActivationSpec("tempered")
-    return {
-        **{f.name: getattr(TrainConfig, f.name, None) for f in dataclasses.fields(TrainConfig)},
-        "activation": TrainConfig.activation.name, "scale": spec.scale,
-        "inverse_temp": spec.inverse_temp, "offset": spec.offset,
-    }  # fmt: skip
-
-
 @app.command()
 @one_line_errors
-@show_defaults(_train_defaults())
+@show_defaults(train_defaults())
 def train(
     dataset: str = typer.Option(None, help="mnist, fashion-mnist or cifar10."),
     activation: str = typer.Option(None, help="relu, tanh, tempered, sigmoid, elu, gelu."),
@@ -150,7 +135,7 @@ def _print_summary(summary, out: Path | None) -> None:
         table.add_row("noise multiplier", f"{summary.noise_multiplier:.4f}")
         for name, eps in summary.epsilon.items():
             shown = (
-                "inf (sigma = 0: no guarantee)"
+                "inf (sigma = 0: no DP guarantee)"
                 if eps is None or eps == float("inf")
                 else f"{eps:.3f}"
             )
@@ -206,7 +191,8 @@ def account(
         row = [name]
         kw = dict(accountant=name, sampling_prob=q, steps=steps, delta=delta)
         if noise_multiplier is not None:
-            row.append(f"{accounting.epsilon(noise_multiplier=noise_multiplier, **kw):.4f}")
+            eps = accounting.epsilon(noise_multiplier=noise_multiplier, **kw)
+            row.append(f"{eps:.4f}" if math.isfinite(eps) else "inf (sigma = 0: no DP guarantee)")
         if target_epsilon is not None:
             row.append(
                 f"{accounting.calibrate_noise_multiplier(target_epsilon=target_epsilon, **kw):.4f}"

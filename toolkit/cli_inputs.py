@@ -42,6 +42,21 @@ def show_defaults(defaults: Mapping[str, Any]) -> Callable[[Callable], Callable]
     return decorate
 
 
+def train_defaults() -> dict[str, Any]:
+    """What a `toolkit train` run gets for an option it is not given."""
+    import dataclasses
+
+    from toolkit.activations import ActivationSpec
+    from toolkit.config import TrainConfig
+
+    spec = ActivationSpec("tempered")
+    return {
+        **{f.name: getattr(TrainConfig, f.name, None) for f in dataclasses.fields(TrainConfig)},
+        "activation": TrainConfig.activation.name, "scale": spec.scale,
+        "inverse_temp": spec.inverse_temp, "offset": spec.offset,
+    }  # fmt: skip
+
+
 def _shown(value: Any) -> str:
     label = getattr(value, "label", None)  # an ActivationSpec
     return str(label if label is not None else value)

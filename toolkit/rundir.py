@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import platform
 import subprocess
 import zipfile
@@ -102,6 +103,8 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(jax.devices()[0].device_kind),
         "platform": jax.default_backend(),
+        # glibc allocator settings the run had (toolkit.launch sets them for `toolkit train`)
+        "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
 
 
