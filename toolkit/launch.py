@@ -49,4 +49,28 @@ def main() -> None:
             os.execve(sys.executable, [sys.executable, "-m", "toolkit", *sys.argv[1:]], env)
     from toolkit.cli import app
 
-    app(prog_name="toolkit")
+    sys.exit(run(app, sys.argv[1:]))
+
+
+def run(app, args: list[str]) -> int:
+    """Run the typer `app`; a usage error (unknown option, a value of the wrong type) is one
+    `error: ...` line and exit 2, as every other bad input is (`toolkit.cli_errors`)."""
+    try:  # typer >= 0.2x vendors click
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
+    try:
+        code = app(args=args, prog_name="toolkit", standalone_mode=False)
+    except click.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else e.format_message(), file=sys.stderr)
+        return 2
+    except click.ClickException as e:
+        command = e.ctx.command_path if getattr(e, "ctx", None) else "toolkit"
+        message = " ".join(e.format_message().split())
+        print(f"error: {message} (see {command} --help)", file=sys.stderr)
+        return e.exit_code
+    except click.Abort:
+        print("error: aborted.", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else 0
