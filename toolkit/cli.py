@@ -341,6 +341,8 @@ def _register() -> None:
     from analysis.cli import bound_check
 
     app.command("bound-check")(bound_check)
+    for command in app.registered_commands:  # "[default: none]" where no value is implied
+        show_defaults({})(command.callback)
 
 
 _register()

@@ -35,6 +35,8 @@ def show_defaults(defaults: Mapping[str, Any]) -> Callable[[Callable], Callable]
             info = param.default
             if not isinstance(info, OptionInfo) or info.default is not None:
                 continue
+            if isinstance(info.show_default, str):  # set by an earlier, specific call
+                continue
             value = defaults.get(name)
             info.show_default = "none" if value is None else _shown(value)
         return fn

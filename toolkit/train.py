@@ -19,7 +19,7 @@ from flax import nnx
 from toolkit import dpsgd, metrics, rundir
 from toolkit.api import FitResult, build_loop, final_epsilon, summarize
 from toolkit.augment import Augmult
-from toolkit.config import TrainConfig, resolve
+from toolkit.config import TrainConfig, resolve, validate
 from toolkit.data import Dataset, load_dataset, to_float, with_validation
 from toolkit.errors import ToolkitError
 from toolkit.loop import TrainingDiverged
@@ -137,6 +137,7 @@ def train(cfg: TrainConfig, *, out: Path | None = None, progress: bool = False) 
     """Run `cfg` from scratch; all validation (settings, data, --out) before anything is written."""
     if out is not None:
         rundir.prepare_new(out)
+    validate(cfg)  # the settings first: loading the data could fail on a bad one less clearly
     data = load_data(cfg)
     requested = cfg.to_dict()
     cfg = resolve(cfg, num_examples=len(data.train_labels))
