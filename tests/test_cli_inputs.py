@@ -83,18 +83,21 @@ def ws(tmp_path, tiny_data_dir):
 
 # --- 1. silent flags: combinations that cannot all hold --------------------------------------
 
+# Tiny data and one short epoch: should a check be missing, the run ends in seconds.
+_TINY = ["--data-dir", "{data}", "--limit-train", "120", "--batch-size", "60", "--quiet",
+         "--out", "{ws}/new"]  # fmt: skip
 SILENT = [
     (["train", "--resume", "{ws}/run", "--epochs", "5"], "--epochs"),
     (["train", "--resume", "{ws}/run", "--lr", "0.1", "--noise-multiplier", "2"], "--lr"),
     (["train", "--resume", "{ws}/run", "--no-privacy"], "--no-privacy"),
     (["train", "--resume", "{ws}/run", "--out", "{ws}/new"], "--out"),
     (["train", "--resume", "{ws}/run", "--config", "{ws}/bad-key.toml"], "--config"),
-    (["train", "--no-privacy", "--target-epsilon", "2", "--out", "{ws}/new"], "--target-epsilon"),
-    (["train", "--no-privacy", "--noise-multiplier", "1", "--out", "{ws}/new"], "--noise-mul"),
-    (["train", "--no-privacy", "--clip-norm", "0.1", "--out", "{ws}/new"], "--clip-norm"),
-    (["train", "--no-privacy", "--delta", "1e-6", "--out", "{ws}/new"], "--delta"),
-    (["train", "--no-privacy", "--accountant", "pld", "--out", "{ws}/new"], "--accountant"),
-    (["audit", "--no-privacy", "--noise-multiplier", "1", "--out", "{ws}/new"], "--noise-mul"),
+    (["train", "--no-privacy", "--target-epsilon", "2", *_TINY], "--target-epsilon"),
+    (["train", "--no-privacy", "--noise-multiplier", "1", *_TINY], "--noise-mul"),
+    (["train", "--no-privacy", "--clip-norm", "0.1", *_TINY], "--clip-norm"),
+    (["train", "--no-privacy", "--delta", "1e-6", *_TINY], "--delta"),
+    (["train", "--no-privacy", "--accountant", "pld", *_TINY], "--accountant"),
+    (["audit", "--no-privacy", "--noise-multiplier", "1", *_TINY], "--noise-mul"),
     (["train", "--config", "{ws}/bad-key.toml", "--out", "{ws}/new"], "did you mean 'epochs'"),
     (["train", "--config", "{ws}/bad-type.toml", "--out", "{ws}/new"], "epochs=1.5"),
     (["train", "--config", "{ws}/bad-act.toml", "--out", "{ws}/new"], "did you mean 'scale'"),
@@ -343,7 +346,6 @@ TRAIN_NUMBERS = [
     (["--lr", "inf", *PRIVATE], "lr=inf"),
     (["--lr", "nan", *PRIVATE], "lr=nan"),
     (["--lr", "-1", *PRIVATE], "lr=-1"),
-    (["--lr", "1e9", *PRIVATE], "(0, 1e4]"),
     (["--momentum", "nan", *PRIVATE], "momentum=nan"),
     (["--momentum", "1", *PRIVATE], "momentum=1"),
     (["--clip-norm", "nan", *PRIVATE], "clip_norm=nan"),

@@ -178,7 +178,8 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         cfg.optimizer in OPTIMIZERS,
         f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",
     )
-    _require(0 < cfg.lr <= 1e4, f"lr={cfg.lr} must be in (0, 1e4].")
+    # No upper bound: a too large lr diverges, which is its own clean error (exit 3).
+    _require(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr} must be finite and > 0.")
     _require(0 <= cfg.momentum < 1, f"momentum={cfg.momentum} must be in [0, 1).")
     _require(
         cfg.clipping in CLIPPING_RULES,
