@@ -91,7 +91,7 @@ SILENT = [
     (["train", "--resume", "{ws}/run", "--lr", "0.1", "--noise-multiplier", "2"], "--lr"),
     (["train", "--resume", "{ws}/run", "--no-privacy"], "--no-privacy"),
     (["train", "--resume", "{ws}/run", "--out", "{ws}/new"], "--out"),
-    (["train", "--resume", "{ws}/run", "--config", "{ws}/bad-key.toml"], "--config"),
+    (["train", "--resume", "{ws}/run", "--config", "{ws}/bad-key.toml"], "with --config:"),
     (["train", "--no-privacy", "--target-epsilon", "2", *_TINY], "--target-epsilon"),
     (["train", "--no-privacy", "--noise-multiplier", "1", *_TINY], "--noise-mul"),
     (["train", "--no-privacy", "--clip-norm", "0.1", *_TINY], "--clip-norm"),

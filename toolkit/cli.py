@@ -82,6 +82,7 @@ def train(
     if resume is not None:
         others = {k: v for k, v in locals().items() if k not in ("resume", "quiet", "config_lib",
                                                                   "train_lib")}  # fmt: skip
+        others["config"] = others.pop("config_file")  # its flag is --config
         if given := given_options(others):
             raise ToolkitError(
                 f"--resume cannot be combined with {', '.join(given)}: a run continues with "
