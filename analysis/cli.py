@@ -48,6 +48,10 @@ def bound_check(
             seed=seed,
             quick=quick,
         )
+        for option, path in (("--json", json_path), ("--plot", plot)):
+            if path is not None and not path.absolute().parent.is_dir():
+                what = "is a file, not a directory" if path.parent.exists() else "does not exist"
+                raise ToolkitError(f"{option}={path}: {path.parent} {what}.")
         if json_path is not None:
             outputs.check_files("--json", [json_path], overwrite=overwrite)
         if plot is not None:
