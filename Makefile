@@ -27,7 +27,7 @@ data:
 demo: setup data
 	rm -rf runs/demo
 	$(BIN)/toolkit train --preset fashion-mnist-tanh --epochs 3 --out runs/demo
-	$(BIN)/toolkit bound-check --json runs/bound-check.json --plot runs/bound-check
+	$(BIN)/toolkit bound-check --json runs/bound-check.json --plot runs/bound-check --overwrite
 
 test: setup
 	$(BIN)/pytest

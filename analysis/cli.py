@@ -12,15 +12,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from toolkit import outputs
 from toolkit.errors import ToolkitError
 
 _DEFAULT_T = "0.5,1,2,4,8"
 _DEFAULT_C = "0.1,0.5,1,2"
-
-
-def _parent_exists(path: Path | None, option: str) -> None:
-    if path is not None and not path.resolve().parent.is_dir():
-        raise ToolkitError(f"{option}={path}: directory {path.parent} does not exist.")
 
 
 def bound_check(
@@ -34,6 +30,9 @@ def bound_check(
     json_path: Path = typer.Option(None, "--json", help="Write the full record as JSON here."),
     plot: Path = typer.Option(
         None, help="Write PATH.png/.pdf (Theorem 1) and PATH-tightness.png/.pdf."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --json / --plot files that exist."
     ),
 ) -> None:
     """Check the paper's theory numerically: eqs. (3)-(5), Theorem 1, its tightness, Lemma 3.1."""
@@ -49,8 +48,17 @@ def bound_check(
             seed=seed,
             quick=quick,
         )
-        _parent_exists(json_path, "--json")
-        _parent_exists(plot, "--plot")
+        for option, path in (("--json", json_path), ("--plot", plot)):
+            if path is not None and not path.absolute().parent.is_dir():
+                what = "is a file, not a directory" if path.parent.exists() else "does not exist"
+                raise ToolkitError(f"{option}={path}: {path.parent} {what}.")
+        if json_path is not None:
+            outputs.check_files("--json", [json_path], overwrite=overwrite)
+        if plot is not None:
+            from analysis import plots
+
+            outputs.check_files("--plot", plots.figure_paths(plot), value=plot,
+                                overwrite=overwrite)  # fmt: skip
     except ToolkitError as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -58,13 +66,18 @@ def bound_check(
     result = suite.run(config)
     console = Console()
     report.print_report(result, console)
-    if json_path is not None:
-        report.write_json(result, json_path)
-        console.print(f"wrote {json_path}", style="dim")
-    if plot is not None:
-        from analysis import plots
-
-        for p in plots.write_figures(result, plot):
-            console.print(f"wrote {p}", style="dim")
+    try:
+        if json_path is not None:
+            with outputs.writing("--json", json_path):
+                report.write_json(result, json_path)
+            console.print(f"wrote {json_path}", style="dim")
+        if plot is not None:
+            with outputs.writing("--plot", plot):
+                written = plots.write_figures(result, plot)
+            for p in written:
+                console.print(f"wrote {p}", style="dim")
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
     if not result.passed:
         raise typer.Exit(1)

@@ -21,23 +21,18 @@ from analysis import solvers
 from analysis.suite import SuiteResult
 from analysis.tightness import describe_witness, witness_dataset
 from toolkit.io import atomic_write_bytes
-
-
-def _stem(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
+from toolkit.outputs import file_set
 
 
 def figure_paths(path: str | os.PathLike) -> list[Path]:
-    """The four files `--plot PATH` writes: PATH.{png,pdf} and PATH-tightness.{png,pdf}."""
-    stem = _stem(path)
-    tight = stem.with_name(stem.name + "-tightness")
-    return [
-        stem.with_suffix(".png"),
-        stem.with_suffix(".pdf"),
-        tight.with_suffix(".png"),
-        tight.with_suffix(".pdf"),
-    ]
+    """The four files `--plot PATH` writes: PATH.{png,pdf} and PATH-tightness.{png,pdf}.
+
+    A .png or .pdf suffix on PATH is dropped; any other dot is part of the name.
+    """
+    main = file_set(path, (".png", ".pdf"))
+    tight = file_set(main[0].with_name(main[0].name[: -len(".png")] + "-tightness"),
+                     (".png", ".pdf"))  # fmt: skip
+    return [*main, *tight]
 
 
 def _log_ticks(axis, lo: float, hi: float) -> None:

@@ -30,18 +30,14 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+# glibc returns freed blocks >= 32 MiB to the OS, so XLA's per-step buffers are
+# page-faulted in afresh every step; `toolkit train` sets these to keep them in the heap.
+from toolkit.launch import TUNED_MALLOC
+
 HERE = Path(__file__).resolve().parent
 CLIP_NORM, NOISE_MULTIPLIER, LR = 0.1, 1.0, 0.05
 FULL = [("mnist", 64), ("mnist", 256), ("mnist", 1024), ("cifar10", 64), ("cifar10", 256)]
 QUICK = [("mnist", 256), ("cifar10", 64)]
-# glibc returns freed blocks >= 32 MiB to the OS, so XLA's per-step buffers are
-# page-faulted in afresh every step; these keep them in the heap for reuse.
-TUNED_MALLOC = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "100000000000",
-    "MALLOC_TOP_PAD_": "268435456",
-    "MALLOC_ARENA_MAX": "1",
-}
 ALLOCATORS = {"glibc default": {}, "glibc tuned": TUNED_MALLOC}
 PACKAGES = ["jax", "jaxlib", "flax", "optax", "numpy", "jax-privacy", "torch", "opacus"]
 

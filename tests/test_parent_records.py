@@ -24,7 +24,7 @@ from toolkit.cli import app
 from toolkit.config import TrainConfig
 
 HERE = Path(__file__).resolve().parent / "data" / "parent_records"
-DROP = {"epoch_time_s", "train_time_s", "provenance", "requested", "data_dir"}
+DROP = {"epoch_time_s", "compile_time_s", "train_time_s", "provenance", "requested", "data_dir"}
 runner = CliRunner()
 
 

@@ -27,7 +27,7 @@ def _cfg(data_dir, **kw) -> TrainConfig:
 
 
 def _strip_times(history):
-    return [dataclasses.replace(r, epoch_time_s=0.0) for r in history]
+    return [dataclasses.replace(r, epoch_time_s=0.0, compile_time_s=None) for r in history]
 
 
 def test_train_writes_complete_record_and_stored_eps_matches_config(tiny_data_dir, tmp_path):

@@ -1,5 +1,5 @@
 """`python -m toolkit ...`: the `toolkit` command, where its script is not installed."""
 
-from toolkit.cli import app
+from toolkit.launch import main
 
-app(prog_name="toolkit")
+main()

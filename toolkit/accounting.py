@@ -51,7 +51,9 @@ from dp_accounting.pld import PLDAccountant, privacy_loss_distribution
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
 from toolkit.errors import ToolkitError
+from toolkit.logs import quiet_accounting_logs
 
+quiet_accounting_logs()  # dp-accounting's non-convergence notes do not change eps (toolkit.logs)
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "rdp-classic", "pld")
 
 # TensorFlow Privacy's historical order grid (compute_dp_sgd_privacy); reproduces its numbers.

@@ -191,6 +191,7 @@ def summarize(
 ) -> RunSummary:
     """The run summary from the epoch records (`metric_keys`: which final metrics to keep)."""
     last = history[-1]
+    compiled = [r for r in history if r.compile_time_s is not None]
     kept = {k: v for k, v in last.metrics.items() if metric_keys is None or k in metric_keys}
     return RunSummary(
         dataset=dataset,
@@ -204,9 +205,10 @@ def summarize(
         accountant=accountant,
         sampling=sampling,
         privacy=privacy.label if privacy is not None else NON_PRIVATE_LABEL,
-        train_time_s=sum(r.epoch_time_s for r in history),
+        train_time_s=sum(r.epoch_time_s + (r.compile_time_s or 0.0) for r in history),
         per_example_grads=last.per_example_grads,
         metrics=kept,
+        compile_time_s=sum(r.compile_time_s for r in compiled) if compiled else None,
     )
 
 

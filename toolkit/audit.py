@@ -59,7 +59,7 @@ from toolkit.audit_stats import audit_scores, check_confidence
 from toolkit.config import TrainConfig, resolve
 from toolkit.data import Dataset, load_dataset, to_float
 from toolkit.errors import ToolkitError
-from toolkit.io import atomic_write_bytes
+from toolkit.io import atomic_write_bytes, default_mode
 from toolkit.privacy import NON_PRIVATE_LABEL
 from toolkit.progress import progress_display
 from toolkit.records import AuditRecord
@@ -250,7 +250,7 @@ def _write_dir_atomically(out: Path, record: AuditRecord, arrays: dict[str, np.n
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write_bytes(tmp / CANARY_FILE, buf.getvalue())
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, default_mode(directory=True))
         os.replace(tmp, out)  # onto an absent or empty directory: atomic on POSIX
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -258,9 +258,3 @@ def _write_dir_atomically(out: Path, record: AuditRecord, arrays: dict[str, np.n
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -47,7 +47,7 @@ from flax import nnx
 
 from toolkit import clipping as clip_lib
 from toolkit import per_example as cg
-from toolkit import rundir
+from toolkit import outputs, rundir
 from toolkit.data import to_float
 from toolkit.errors import ToolkitError
 from toolkit.io import atomic_write_json
@@ -266,7 +266,7 @@ def run_bias(
 
 def write_json(results: list[RunBias], path: str | Path) -> Path:
     """Write `results` atomically to PATH (.json)."""
-    path = Path(path).with_suffix(".json")
+    path = outputs.file_set(path, (".json",))[0]  # dots in the name are kept
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         path, {"diagnostic": DIAGNOSTIC_LABEL, "runs": [dataclasses.asdict(r) for r in results]}

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.cli_errors import one_line_errors
+from toolkit.cli_inputs import given_options, show_defaults, train_defaults
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(
@@ -27,6 +29,7 @@ console = Console(soft_wrap=True)
 
 @app.command()
 @one_line_errors
+@show_defaults(train_defaults())
 def train(
     dataset: str = typer.Option(None, help="mnist, fashion-mnist or cifar10."),
     activation: str = typer.Option(None, help="relu, tanh, tempered, sigmoid, elu, gelu."),
@@ -72,7 +75,10 @@ def train(
     no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
     preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
     out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
-    resume: Path = typer.Option(None, help="Continue the run in this directory."),
+    resume: Path = typer.Option(None, help="Continue the run in this directory (no other flag)."),
+    config_file: Path = typer.Option(
+        None, "--config", help="TOML settings, or a run's config.json to re-run it; flags win."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     tensorboard: Path = typer.Option(
         None, help="Also write per-epoch scalars as TensorBoard events here (extra: tensorboard)."
@@ -83,6 +89,14 @@ def train(
     from toolkit import train as train_lib
 
     if resume is not None:
+        others = {k: v for k, v in locals().items() if k not in ("resume", "quiet", "tensorboard",
+                                                                  "config_lib", "train_lib")}  # fmt: skip
+        others["config"] = others.pop("config_file")  # its flag is --config
+        if given := given_options(others):
+            raise ToolkitError(
+                f"--resume cannot be combined with {', '.join(given)}: a run continues with "
+                "its recorded settings; start a new run (--out) to change them."
+            )
         result = train_lib.resume(resume, progress=not quiet, tensorboard=tensorboard)
         _print_summary(result.summary, resume)
         return
@@ -98,12 +112,28 @@ def train(
         "warmup_epochs": warmup_epochs, "augmult": augmult, "keep_checkpoints": keep_checkpoints,
         "weight_standardization": weight_standardization,
     }  # fmt: skip
+    file = None
+    if config_file is not None:
+        from toolkit.config_file import load_settings
+
+        file = load_settings(config_file)
     cfg = config_lib.from_flags(
-        flags, preset_name=preset, activation=activation, scale=scale,
+        flags, preset_name=preset, file=file, activation=activation, scale=scale,
         inverse_temp=inverse_temp, offset=offset, no_privacy=no_privacy,
     )  # fmt: skip
     result = train_lib.train(cfg, out=out, progress=not quiet, tensorboard=tensorboard)
     _print_summary(result.summary, out)
+
+
+def _in_range(option: str, value, lo, hi, *, upper: str = "", note: str = "") -> None:
+    """`lo <= value <= hi` (False for NaN), else a one-line error with the range."""
+    if not lo <= value <= hi:
+        hi_text = f"{upper}={_num(hi)}" if upper else _num(hi)
+        raise ToolkitError(f"{option}={_num(value)} must be in [{_num(lo)}, {hi_text}]{note}.")
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _print_summary(summary, out: Path | None) -> None:
@@ -116,7 +146,7 @@ def _print_summary(summary, out: Path | None) -> None:
         table.add_row("noise multiplier", f"{summary.noise_multiplier:.4f}")
         for name, eps in summary.epsilon.items():
             shown = (
-                "inf (sigma = 0: no guarantee)"
+                "inf (sigma = 0: no DP guarantee)"
                 if eps is None or eps == float("inf")
                 else f"{eps:.3f}"
             )
@@ -141,17 +171,27 @@ def account(
 ) -> None:
     """Print eps for the Poisson-subsampled Gaussian under every accountant (and sigma for a target)."""  # noqa: E501
     from toolkit import accounting
+    from toolkit.config import MAX_EPOCHS, MAX_STEPS, MAX_TRAIN
 
-    if num_examples < 1:
-        raise ToolkitError(f"--n={num_examples} must be >= 1.")
-    if not 1 <= batch_size <= num_examples:
-        raise ToolkitError(f"--batch-size={batch_size} must be in [1, N={num_examples}].")
-    if epochs <= 0:
-        raise ToolkitError(f"--epochs={epochs} must be > 0.")
+    _in_range("--n", num_examples, 1, MAX_TRAIN)
+    _in_range("--batch-size", batch_size, 1, num_examples, upper="N")
+    if not (math.isfinite(epochs) and 0 < epochs <= MAX_EPOCHS):
+        raise ToolkitError(f"--epochs={epochs} must be finite and in (0, {MAX_EPOCHS}].")
     if noise_multiplier is None and target_epsilon is None:
         raise ToolkitError("give --noise-multiplier, --target-epsilon, or both.")
+    if noise_multiplier is not None:
+        _in_range("--noise-multiplier", noise_multiplier, 0, 1e6, note=" (0: eps = inf)")
+    if target_epsilon is not None and not 0 < target_epsilon <= 1000:
+        raise ToolkitError(f"--target-epsilon={target_epsilon} must be in (0, 1000].")
+    if not 0 < delta < 1:
+        raise ToolkitError(f"--delta={delta} must be in (0, 1).")
     q = batch_size / num_examples
     steps = int(epochs * (num_examples // batch_size))  # as `toolkit train` runs them
+    if not 1 <= steps <= MAX_STEPS:
+        raise ToolkitError(
+            f"--epochs={epochs:g} gives {steps} steps (epochs * (N // B) = {epochs:g} * "
+            f"{num_examples // batch_size}); allowed: 1 to {MAX_STEPS} steps."
+        )
     table = Table(title=f"Poisson sampling, q={q:.5g}, steps={steps}, delta={delta:g}")
     table.add_column("accountant")
     if noise_multiplier is not None:
@@ -162,7 +202,8 @@ def account(
         row = [name]
         kw = dict(accountant=name, sampling_prob=q, steps=steps, delta=delta)
         if noise_multiplier is not None:
-            row.append(f"{accounting.epsilon(noise_multiplier=noise_multiplier, **kw):.4f}")
+            eps = accounting.epsilon(noise_multiplier=noise_multiplier, **kw)
+            row.append(f"{eps:.4f}" if math.isfinite(eps) else "inf (sigma = 0: no DP guarantee)")
         if target_epsilon is not None:
             row.append(
                 f"{accounting.calibrate_noise_multiplier(target_epsilon=target_epsilon, **kw):.4f}"
@@ -188,7 +229,11 @@ def sweep(
     """
     from experiments import sweep as sweep_lib
     from experiments.sweep_progress import SweepProgress
+    from toolkit import outputs
 
+    if not 1 <= workers <= 1024:
+        raise ToolkitError(f"--workers={workers} must be in [1, 1024].")
+    outputs.check_dir("--root", root)
     runs = sweep_lib.load(spec)
     if dry_run:
         console.print("\n".join(sweep_lib.describe(runs, root)), markup=False, highlight=False)
@@ -207,9 +252,12 @@ def pareto(
     runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
     accountant: str = typer.Option("rdp-classic", help="Which stored eps is the x axis."),
     out: Path = typer.Option(..., help="Figure path; writes OUT.png and OUT.pdf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing OUT.png/.pdf."),
 ) -> None:
     """Figure 3: test accuracy against eps for each setting, with the Pareto frontier."""
     from experiments import plots, records
+
+    _check_figure_out(out, overwrite)
 
     written = plots.pareto_figure(
         records.find_runs(runs), accountant=records.check_accountant(accountant), out=out
@@ -224,10 +272,16 @@ def table(
     accountant: str = typer.Option("rdp-classic", help="Which stored eps to report."),
     out: Path = typer.Option(None, help="Writes OUT.md and OUT.csv."),
     best_lr: bool = typer.Option(False, "--best-lr", help="Table 4: best lr per setting."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT.md/.csv if they exist."),
 ) -> None:
     """Table 3: final test accuracy (mean +- std over seeds) per setting, with eps."""
     from experiments import records, tables
+    from toolkit import outputs
     from toolkit.io import atomic_write_text
+
+    files = outputs.file_set(out, (".md", ".csv")) if out is not None else []
+    if out is not None:
+        outputs.check_files("--out", files, value=out, overwrite=overwrite)
 
     found = records.find_runs(runs)
     acc = records.check_accountant(accountant)
@@ -239,9 +293,10 @@ def table(
     markdown = tables.to_markdown(rows)
     console.print(markdown, markup=False)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out.with_suffix(".md"), markdown)
-        atomic_write_text(out.with_suffix(".csv"), tables.to_csv(rows))
+        with outputs.writing("--out", out):
+            files[0].parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(files[0], markdown)
+            atomic_write_text(files[1], tables.to_csv(rows))
 
 
 @app.command()
@@ -251,9 +306,14 @@ def figures(
     kind: str = typer.Option(..., help="grad-norms (Fig. 4), act-norms (Fig. 5) or grid (Fig. 2)."),
     accountant: str = typer.Option("rdp-classic", help="eps shown in titles."),
     out: Path = typer.Option(..., help="Figure path; writes OUT.png and OUT.pdf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing OUT.png/.pdf."),
 ) -> None:
     """Figures 2, 4 and 5 from run records."""
     from experiments import plots, records
+
+    if kind not in ("grad-norms", "act-norms", "grid"):
+        raise ToolkitError(f"--kind={kind!r} is unknown; expected grad-norms, act-norms or grid.")
+    _check_figure_out(out, overwrite)
 
     found = records.find_runs(runs)
     acc = records.check_accountant(accountant)
@@ -276,6 +336,13 @@ def figures(
     console.print("wrote " + ", ".join(map(str, written)))
 
 
+def _check_figure_out(out: Path, overwrite: bool) -> None:
+    from toolkit import outputs
+    from toolkit.plotting import figure_files
+
+    outputs.check_files("--out", figure_files(out), value=out, overwrite=overwrite)
+
+
 @app.command()
 @one_line_errors
 def bias(
@@ -289,14 +356,22 @@ def bias(
         help="C to clip at (default: the run's; needed for non-private runs: give the DP run's C).",
     ),
     out: Path = typer.Option(..., help="Writes OUT.json, OUT.png and OUT.pdf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Clipping bias over training: cosine and norm ratio of mean clipped vs mean gradient,
     fraction clipped, per-layer shares. Diagnostics on private data, not covered by eps."""
     from experiments.bias_plots import bias_figure
     from toolkit import bias as bias_lib
 
-    if sample < 1:
-        raise ToolkitError(f"--sample={sample} must be >= 1.")
+    from toolkit import outputs
+    from toolkit.plotting import figure_files
+
+    if not 1 <= sample <= 1_000_000:
+        raise ToolkitError(f"--sample={sample} must be in [1, 1000000].")
+    if not 0 <= seed < 2**32:
+        raise ToolkitError(f"--seed={seed} must be in [0, 2^32).")
+    files = [*outputs.file_set(out, (".json",)), *figure_files(out)]
+    outputs.check_files("--out", files, value=out, overwrite=overwrite)
     for r in runs:  # every run checked before the first is measured
         bias_lib.check_run(r, clip_norm=clip_norm)
     results = [
@@ -317,6 +392,8 @@ def _register() -> None:
     from analysis.cli import bound_check
 
     app.command("bound-check")(bound_check)
+    for command in app.registered_commands:  # "[default: none]" where no value is implied
+        show_defaults({})(command.callback)
 
 
 _register()

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.cli_errors import one_line_errors
+from toolkit.cli_inputs import show_defaults, train_defaults
 
 console = Console()
 # The audit's own defaults (short runs); any flag overrides them, as for `toolkit train`.
@@ -25,6 +26,12 @@ AUDIT_DEFAULTS = dict(
 )  # fmt: skip
 
 
+def _audit_defaults() -> dict:
+    """What an audit gets for an option it is not given (shown by --help)."""
+    return {**train_defaults(), **AUDIT_DEFAULTS}
+
+
+@show_defaults(_audit_defaults())
 def audit(
     dataset: str = typer.Option(None, help="mnist, fashion-mnist (default) or cifar10."),
     canaries: int = typer.Option(1000, help="Number m of canaries; each is included w.p. 1/2."),
@@ -32,30 +39,31 @@ def audit(
     scale: float = typer.Option(None, help="Tempered sigmoid scale s."),
     inverse_temp: float = typer.Option(None, help="Tempered sigmoid inverse temperature T."),
     offset: float = typer.Option(None, help="Tempered sigmoid offset o."),
-    epochs: int = typer.Option(None, help="Epochs (default 5)."),
-    batch_size: int = typer.Option(
-        None, help="Expected batch size B (default 256); q = B/(base+m)."
-    ),
+    epochs: int = typer.Option(None, help="Epochs."),
+    batch_size: int = typer.Option(None, help="Expected batch size B; q = B/(base+m)."),
     max_physical_batch: int = typer.Option(None, help="Micro-batch cap (speed/memory only)."),
     per_example: str = typer.Option(
         None, help="Per-example gradients: auto, bookkeeping or vmap (speed only)."
     ),
     optimizer: str = typer.Option(None, help="sgd (default) or adam."),
-    lr: float = typer.Option(None, help="Learning rate (default 0.1)."),
-    momentum: float = typer.Option(None, help="Heavy-ball momentum for sgd (default 0.9)."),
-    clip_norm: float = typer.Option(None, help="Per-example clipping norm C (default 1.0)."),
+    lr: float = typer.Option(None, help="Learning rate."),
+    momentum: float = typer.Option(None, help="Heavy-ball momentum for sgd."),
+    clip_norm: float = typer.Option(None, help="Per-example clipping norm C."),
     clipping: str = typer.Option(None, help="flat (default) or automatic."),
     noise_multiplier: float = typer.Option(None, help="sigma; noise std is sigma*C on the sum."),
     target_epsilon: float = typer.Option(None, help="Calibrate sigma to this eps instead."),
-    delta: float = typer.Option(None, help="delta (default 1e-5)."),
-    accountant: str = typer.Option(None, help="Headline accountant (default rdp-classic)."),
+    delta: float = typer.Option(None, help="delta."),
+    accountant: str = typer.Option(None, help="Headline accountant."),
     sampling: str = typer.Option(None, help="poisson (accounted) or shuffle (labelled)."),
-    seed: int = typer.Option(None, help="Seeds training, canary labels, inclusion (default 0)."),
+    seed: int = typer.Option(None, help="Seeds training, canary labels, inclusion."),
     limit_train: int = typer.Option(None, help="Base set: the first N training examples."),
     data_dir: Path = typer.Option(None, help="Directory holding the dataset files."),
     no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
     confidence: float = typer.Option(0.95, help="Confidence of the audited lower bound."),
     out: Path = typer.Option(None, help="Directory to create with audit.json, canaries.npz."),
+    config_file: Path = typer.Option(
+        None, "--config", help="TOML settings (keys as `toolkit train --config`); flags win."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON record, not a table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -72,15 +80,23 @@ def audit(
         data_dir=str(data_dir) if data_dir else None,
     )  # fmt: skip
     shape = dict(activation=activation, scale=scale, inverse_temp=inverse_temp, offset=offset)
-    one_line_errors(_audit)(flags, shape, no_privacy, canaries, confidence, out, as_json, quiet)
+    one_line_errors(_audit)(
+        flags, shape, no_privacy, canaries, confidence, out, as_json, quiet, config_file
+    )
 
 
-def _audit(flags, shape, no_privacy, canaries, confidence, out, as_json: bool, quiet: bool):
+def _audit(flags, shape, no_privacy, canaries, confidence, out, as_json: bool, quiet: bool,
+           config_file: Path | None = None):  # fmt: skip
     from toolkit import rundir
     from toolkit.audit import run_audit
     from toolkit.config import from_flags
 
-    cfg = from_flags(flags, base=AUDIT_DEFAULTS, no_privacy=no_privacy, **shape)
+    file = None
+    if config_file is not None:
+        from toolkit.config_file import load_settings
+
+        file = load_settings(config_file)
+    cfg = from_flags(flags, base=AUDIT_DEFAULTS, file=file, no_privacy=no_privacy, **shape)
     record = run_audit(
         cfg, canaries=canaries, confidence=confidence, out=out, progress=not (quiet or as_json)
     )

@@ -23,6 +23,16 @@ from toolkit.errors import ToolkitError
 from toolkit.sampling import SAMPLINGS
 
 OPTIMIZERS = ("sgd", "adam")
+# Settings that only a private run uses: `--no-privacy` (private = false) with any is an error.
+PRIVACY_ONLY = ("noise_multiplier", "target_epsilon", "clip_norm", "clipping", "delta",
+                "accountant", "gamma")  # fmt: skip
+# Upper bounds that keep a run finite (eps is computed for every epoch before training).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 10_000_000
+MAX_TRAIN = 10_000_000  # N: more examples than any data set here (and q stays accountable)
+# T = epochs * (N // B): the pld accountant takes seconds at 1e6 steps and does not finish
+# in minutes at 1e7 for small q (measured), so runs and `toolkit account` stop there.
+MAX_STEPS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,11 +196,15 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         cfg.dataset in DATASETS,
         f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.",
     )
-    _require(cfg.epochs >= 1, f"epochs={cfg.epochs} must be >= 1.")
+    _require(1 <= cfg.epochs <= MAX_EPOCHS, f"epochs={cfg.epochs} must be in [1, {MAX_EPOCHS}].")
     _require(0 <= cfg.seed < 2**63, f"seed={cfg.seed} must be in [0, 2**63).")  # numpy, jax keys
-    _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1.")
     _require(
-        cfg.max_physical_batch >= 1, f"max_physical_batch={cfg.max_physical_batch} must be >= 1."
+        1 <= cfg.batch_size <= MAX_BATCH,
+        f"batch_size={cfg.batch_size} must be in [1, {MAX_BATCH}].",
+    )
+    _require(
+        1 <= cfg.max_physical_batch <= MAX_BATCH,
+        f"max_physical_batch={cfg.max_physical_batch} must be in [1, {MAX_BATCH}].",
     )
     _require(
         cfg.per_example in IMPLEMENTATIONS,
@@ -201,13 +215,14 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         cfg.optimizer in OPTIMIZERS,
         f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",
     )
+    # No upper bound: a too large lr diverges, which is its own clean error (exit 3).
     _require(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr} must be finite and > 0.")
     _require(0 <= cfg.momentum < 1, f"momentum={cfg.momentum} must be in [0, 1).")
     _require(
         cfg.clipping in CLIPPING_RULES,
         f"clipping={cfg.clipping!r} is unknown; expected one of {', '.join(CLIPPING_RULES)}.",
     )
-    _require(cfg.clip_norm > 0, f"clip_norm={cfg.clip_norm} must be > 0.")
+    _require(cfg.clip_norm > 0, f"clip_norm={cfg.clip_norm} must be > 0 (inf: no clipping).")
     _require(
         math.isfinite(cfg.gamma) and cfg.gamma > 0, f"gamma={cfg.gamma} must be finite and > 0."
     )
@@ -225,7 +240,10 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         cfg.limit_train is None or cfg.limit_train >= 1,
         f"limit_train={cfg.limit_train} must be >= 1.",
     )
-    _require(cfg.validation >= 0, f"validation={cfg.validation} must be >= 0.")
+    _require(
+        0 <= cfg.validation <= MAX_BATCH,
+        f"validation={cfg.validation} must be in [0, {MAX_BATCH}].",
+    )
     _require(
         0 <= cfg.keep_checkpoints <= cfg.epochs,
         f"keep_checkpoints={cfg.keep_checkpoints} must be in [0, epochs={cfg.epochs}] (0: off).",
@@ -259,8 +277,9 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         )
         if cfg.noise_multiplier is not None:
             _require(
-                math.isfinite(cfg.noise_multiplier) and cfg.noise_multiplier >= 0,
-                f"noise_multiplier={cfg.noise_multiplier} must be finite and >= 0.",
+                0 <= cfg.noise_multiplier <= 1e6,
+                f"noise_multiplier={cfg.noise_multiplier} must be in [0, 1e6] "
+                "(0: no noise, eps = inf, no DP guarantee).",
             )
         # Also with a target eps: noise sigma * C would be infinite (flat clipping).
         _require(
@@ -268,12 +287,21 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
             f"clip_norm={cfg.clip_norm} must be finite for a private run (use --no-privacy).",
         )
         if cfg.target_epsilon is not None:
-            _require(cfg.target_epsilon > 0, f"target_epsilon={cfg.target_epsilon} must be > 0.")
+            _require(
+                0 < cfg.target_epsilon <= 1e3,
+                f"target_epsilon={cfg.target_epsilon} must be in (0, 1000].",
+            )
     if num_examples is not None:
         _require(
             cfg.batch_size <= num_examples,
             f"batch_size={cfg.batch_size} must be <= the number of training examples "
             f"({num_examples}).",
+        )
+        steps = cfg.epochs * (num_examples // cfg.batch_size)
+        _require(
+            steps <= MAX_STEPS,
+            f"epochs={cfg.epochs} with batch_size={cfg.batch_size} and {num_examples} examples "
+            f"is {steps} steps; at most {MAX_STEPS} are allowed.",
         )
         if cfg.private and cfg.delta >= 1 / num_examples:
             warnings.warn(
@@ -308,19 +336,33 @@ def from_flags(
     *,
     preset_name: str | None = None,
     base: dict[str, Any] | None = None,
+    file: dict[str, Any] | None = None,
     activation: str | None = None,
     scale: float | None = None,
     inverse_temp: float | None = None,
     offset: float | None = None,
     no_privacy: bool = False,
 ) -> TrainConfig:
-    """A `TrainConfig` from command-line flags: `base` < preset < flags (None = not given).
+    """A `TrainConfig` from command-line flags: `base` < preset < `file` < flags.
+
+    A flag of None was not given. `file` holds a settings file's values
+    (`toolkit.config_file`); its `preset` key is used when `preset_name` is None.
+    `no_privacy` with a flag only a private run uses (`PRIVACY_ONLY`) is an error.
 
     `noise_multiplier` and `target_epsilon` replace the preset's pair together (a preset
     that calibrates to an eps and a flag sigma would otherwise conflict). The tempered
     sigmoid's `scale`, `inverse_temp` and `offset` apply to `activation` tempered only.
     """
-    settings = {**(base or {}), **(preset(preset_name) if preset_name else {})}
+    if no_privacy:
+        clash = [f"--{k.replace('_', '-')}" for k in PRIVACY_ONLY if flags.get(k) is not None]
+        if clash:
+            raise ToolkitError(
+                f"--no-privacy cannot hold with {', '.join(clash)}: a non-private run has no "
+                "clipping, noise or accounting; drop one or the other."
+            )
+    file = dict(file or {})
+    preset_name = preset_name or file.pop("preset", None)
+    settings = {**(base or {}), **(preset(preset_name) if preset_name else {}), **file}
     pair = ("noise_multiplier", "target_epsilon")
     given = {k: v for k, v in flags.items() if v is not None and k not in pair}
     settings.update(given)

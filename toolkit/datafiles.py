@@ -34,6 +34,7 @@ from pathlib import Path
 import platformdirs
 
 from toolkit.errors import ToolkitError
+from toolkit.io import default_mode
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 ENV_VAR = "TOOLKIT_DATA_DIR"
@@ -285,6 +286,7 @@ def _download(url: str, dest: Path, accepted: tuple[str, ...]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
+            os.fchmod(fd, default_mode())
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out:
                 while chunk := response.read(1 << 20):

@@ -12,6 +12,9 @@ matplotlib.use("Agg")  # no screen on the machines this runs on
 from matplotlib.figure import Figure
 
 from toolkit.io import atomic_write_bytes
+from toolkit.outputs import file_set, writing
+
+FIGURE_SUFFIXES = (".png", ".pdf")
 
 # Paper-figure size: one column of a two-column paper is about 3.3 in wide.
 PAPER_RC = {
@@ -26,17 +29,18 @@ PAPER_RC = {
 }
 
 
+def figure_files(path: str | Path) -> list[Path]:
+    """PATH.png and PATH.pdf; a .png or .pdf suffix on `path` is dropped, other dots kept."""
+    return file_set(path, FIGURE_SUFFIXES)
+
+
 def save_figure(fig: Figure, path: str | Path) -> list[Path]:
-    """Write `fig` to PATH.png and PATH.pdf (any suffix on `path` is replaced)."""
-    stem = Path(path)
-    if stem.suffix.lower() in (".png", ".pdf"):
-        stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in ("png", "pdf"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, bbox_inches="tight")
-        target = stem.with_suffix(f".{fmt}")
-        atomic_write_bytes(target, buf.getvalue())
-        written.append(target)
+    """Write `fig` to `figure_files(path)`, each atomically; returns the paths."""
+    written = figure_files(path)
+    with writing("--out", Path(path)):
+        written[0].parent.mkdir(parents=True, exist_ok=True)
+        for target in written:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=target.suffix[1:], bbox_inches="tight")
+            atomic_write_bytes(target, buf.getvalue())
     return written

@@ -1,13 +1,15 @@
 """Progress display for the training loop, kept apart from the loop itself.
 
 The loop calls `start(total, completed)`, `step(description)` after every step and
-`epoch(record)` after every epoch. `RichProgress` draws a bar with ETA and the last
-epoch's loss, accuracy and eps; `LineProgress` prints one line per epoch (for logs
-without a terminal); `progress_display(enabled)` picks one.
+`epoch(record)` after every epoch. Until the first `step` the loop is compiling the step
+(seconds to tens of seconds), and both displays say so. `RichProgress` draws a bar with
+ETA and the last epoch's loss, accuracy and eps; `LineProgress` prints one flushed line
+per epoch (for logs without a terminal); `progress_display(enabled)` picks one.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Protocol
 
@@ -30,17 +32,21 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
+COMPILING = "compiling the training step"
+
+
 def _summary(record: EpochRecord) -> str:
     parts = [f"loss {record.train_loss:.4f}"]
-    if record.test_accuracy is not None:
-        parts.append(f"acc {record.test_accuracy:.4f}")
+    for key, name in (("test_accuracy", "test acc"), ("val_accuracy", "val acc")):
+        if record.metrics.get(key) is not None:
+            parts.append(f"{name} {record.metrics[key]:.4f}")
     eps = record.epsilon.get(record.accountant)
-    if eps is not None:
+    if eps is not None and math.isfinite(eps):
         parts.append(f"eps {eps:.3f} ({record.accountant})")
     elif record.privacy.startswith("non-private"):
         parts.append("non-private")
     else:
-        parts.append("eps inf")
+        parts.append("eps inf (sigma = 0: no DP guarantee)")
     return ", ".join(parts)
 
 
@@ -65,7 +71,9 @@ class RichProgress:
             transient=False,
         )
         self._bar.start()
-        self._task = self._bar.add_task(self.label, total=total, completed=completed, last="")
+        self._task = self._bar.add_task(
+            f"{self.label}: {COMPILING}", total=total, completed=completed, last=""
+        )
 
     def step(self, description: str) -> None:
         self._bar.update(self._task, advance=1, description=description, last=self._last)
@@ -89,13 +97,16 @@ class LineProgress:
 
     def start(self, total: int, completed: int) -> None:
         del total, completed
+        print(f"{self.label}: {COMPILING} ...", file=self.stream, flush=True)
 
     def step(self, description: str) -> None:
         del description
 
     def epoch(self, record: EpochRecord) -> None:
+        compiled = f" (+ {record.compile_time_s:.1f} s compiling)" if record.compile_time_s else ""
         print(
-            f"{self.label} epoch {record.epoch}: {_summary(record)}, {record.epoch_time_s:.1f} s",
+            f"{self.label} epoch {record.epoch}: {_summary(record)}, "
+            f"{record.epoch_time_s:.1f} s{compiled}",
             file=self.stream,
             flush=True,
         )

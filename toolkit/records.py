@@ -49,8 +49,12 @@ class EpochRecord:
     grad_norm: GradNormStats
     per_example_grads: str  # "bookkeeping" or "vmap"
     batch_size_mean: float  # realised mean batch size (Poisson: about B)
-    epoch_time_s: float
+    epoch_time_s: float  # without `compile_time_s`
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # XLA compilation of the training step in the first epoch a process runs (None in the
+    # others, and in records written before it was measured; `toolkit.loop.compile_time`).
+    # The first evaluation's compilation stays in that epoch's epoch_time_s.
+    compile_time_s: float | None = None
 
     @property
     def test_accuracy(self) -> float | None:
@@ -75,6 +79,7 @@ class RunSummary:
     train_time_s: float
     per_example_grads: str | None
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the last epoch's
+    compile_time_s: float | None = None  # included in train_time_s; None: not measured
 
     @property
     def test_accuracy(self) -> float | None:

@@ -106,22 +106,16 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(jax.devices()[0].device_kind),
         "platform": jax.default_backend(),
+        # glibc allocator settings the run had (toolkit.launch sets them for `toolkit train`)
+        "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
 
 
 def prepare_new(out: Path) -> None:
-    """Check that `out` can hold a new run: absent, or an empty directory."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ToolkitError(
-            f"--out={out} exists and is not empty; choose a new directory, or continue a run "
-            f"with --resume {out}."
-        )
-    # The nearest existing ancestor is where the first directory will be created.
-    anchor = out.absolute()
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
-        raise ToolkitError(f"--out={out} is not writable; choose a directory you can write to.")
+    """Check that `out` can hold a new run: absent, or an empty directory, and writable."""
+    from toolkit.outputs import check_new_dir
+
+    check_new_dir("--out", out, hint=f", or continue a run with --resume {out}")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from flax import nnx
 from toolkit import dpsgd, metrics, rundir
 from toolkit.api import FitResult, build_loop, final_epsilon, summarize
 from toolkit.augment import Augmult
-from toolkit.config import TrainConfig, resolve
+from toolkit.config import TrainConfig, resolve, validate
 from toolkit.data import Dataset, load_dataset, to_float, with_validation
 from toolkit.errors import ToolkitError
 from toolkit.loop import TrainingDiverged
@@ -160,6 +160,7 @@ def train(cfg: TrainConfig, *, out: Path | None = None, progress: bool = False,
     """
     if out is not None:
         rundir.prepare_new(out)
+    validate(cfg)  # the settings first: loading the data could fail on a bad one less clearly
     sink = TensorBoardSink(tensorboard) if tensorboard is not None else None  # checks the extra
     data = load_data(cfg)
     requested = cfg.to_dict()
