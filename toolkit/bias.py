@@ -46,8 +46,8 @@ import numpy as np
 from flax import nnx
 
 from toolkit import clipping as clip_lib
-from toolkit import per_example as cg
 from toolkit import outputs, rundir
+from toolkit import per_example as cg
 from toolkit.data import to_float
 from toolkit.errors import ToolkitError
 from toolkit.io import atomic_write_json

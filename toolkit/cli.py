@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)
 
+# What `train --resume RUN` may be given besides RUN (the rest is recorded in the run).
+_RESUME_KEEPS = ("resume", "quiet", "tensorboard", "config_lib", "train_lib")
+
 
 @app.command()
 @one_line_errors
@@ -89,8 +92,7 @@ def train(
     from toolkit import train as train_lib
 
     if resume is not None:
-        others = {k: v for k, v in locals().items() if k not in ("resume", "quiet", "tensorboard",
-                                                                  "config_lib", "train_lib")}  # fmt: skip
+        others = {k: v for k, v in locals().items() if k not in _RESUME_KEEPS}
         others["config"] = others.pop("config_file")  # its flag is --config
         if given := given_options(others):
             raise ToolkitError(
@@ -362,7 +364,6 @@ def bias(
     fraction clipped, per-layer shares. Diagnostics on private data, not covered by eps."""
     from experiments.bias_plots import bias_figure
     from toolkit import bias as bias_lib
-
     from toolkit import outputs
     from toolkit.plotting import figure_files
 
