@@ -67,7 +67,7 @@ class SweepProgress:
 
             self._bar = Progress(
                 TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), console=Console(file=self.stream),
+                TextColumn("{task.fields[info]}"), console=Console(file=self.stream, soft_wrap=True),
             )  # fmt: skip
             self._bar.start()
             self._task = self._bar.add_task("sweep", total=self.total, info="")

@@ -35,7 +35,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def _strip_times(history):
-    return [dataclasses.replace(r, epoch_time_s=0.0) for r in history]
+    return [dataclasses.replace(r, epoch_time_s=0.0, compile_time_s=None) for r in history]
 
 
 @pytest.mark.slow

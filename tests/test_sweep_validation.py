@@ -53,7 +53,7 @@ BAD_SPECS = {
     "base not a table": ("base = 3\n", "[base] must be a table"),
     "bad point among good": (
         "[base]\nnoise_multiplier = 1.0\n[grid]\nepochs = [1, 2, 0]\nseed = [0, 1]\n",
-        "epochs=0 must be >= 1 (and 1 more bad points)",
+        "epochs=0 must be in [1, 10000] (and 1 more bad points)",
     ),
     "not TOML": ("[base\nepochs = 2\n", "not valid TOML"),
 }  # fmt: skip
@@ -126,7 +126,7 @@ BAD_PLACES = {
     "spec is a folder": (lambda t: (t, t / "root", []), "is a directory"),
     "spec missing": (lambda t: (t / "none.toml", t / "root", []), "does not exist"),
     "root is a file": (lambda t: (t / "s.toml", _file(t), []), "is a file"),
-    "root below a file": (lambda t: (t / "s.toml", _file(t) / "sub", []), "below the file"),
+    "root below a file": (lambda t: (t / "s.toml", _file(t) / "sub", []), "is a file, not a directory"),
     "run dir is a file": (lambda t: (t / "s.toml", _run_dir_is_file(t), []), "is a file"),
     "run of another config": (lambda t: (t / "s.toml", _other_config(t), []), "different config"),
     "run dir not a run": (lambda t: (t / "s.toml", _not_a_run(t), []), "holds no run"),
