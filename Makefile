@@ -30,7 +30,7 @@ demo: setup data
 	$(BIN)/toolkit bound-check --json runs/bound-check.json --plot runs/bound-check --overwrite
 
 # One pytest worker per core (pytest-xdist): the tests are mostly single-threaded XLA
-# compiles, so two workers on CI's two cores take ~40% less wall time than one.
+# compiles, so workers on separate cores overlap them.
 test: setup
 	$(BIN)/pytest -n auto
 
