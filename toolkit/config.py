@@ -129,6 +129,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "accountant": "pld",
         "ema_decay": 0.99,
     },
+    # Issue 12's best setting so far (docs/results.md section 8b): the paper's Fashion-MNIST
+    # tempered sigmoid, weight-standardised conv kernels, sigma calibrated under pld, EMA.
+    "fashion-mnist-tempered-ws-pld-ema": {
+        **_FASHION,
+        "activation": ActivationSpec("tempered", scale=2.27, inverse_temp=2.61, offset=1.28),
+        "accountant": "pld",
+        "ema_decay": 0.99,
+        "weight_standardization": True,
+    },
     "cifar10-tanh": {**_CIFAR, "activation": ActivationSpec("tanh")},
     "cifar10-relu": {**_CIFAR, "activation": ActivationSpec("relu")},
     # TensorFlow Privacy's MNIST tutorial (eps 3.01 under rdp-classic).
