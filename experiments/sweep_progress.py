@@ -67,7 +67,8 @@ class SweepProgress:
 
             self._bar = Progress(
                 TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), console=Console(file=self.stream, soft_wrap=True),
+                TextColumn("{task.fields[info]}"),
+                console=Console(file=self.stream, soft_wrap=True),  # a long path never wraps
             )  # fmt: skip
             self._bar.start()
             self._task = self._bar.add_task("sweep", total=self.total, info="")

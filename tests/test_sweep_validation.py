@@ -126,7 +126,7 @@ BAD_PLACES = {
     "spec is a folder": (lambda t: (t, t / "root", []), "is a directory"),
     "spec missing": (lambda t: (t / "none.toml", t / "root", []), "does not exist"),
     "root is a file": (lambda t: (t / "s.toml", _file(t), []), "is a file"),
-    "root below a file": (lambda t: (t / "s.toml", _file(t) / "sub", []), "is a file, not a directory"),
+    "root below a file": (lambda t: (t / "s.toml", _file(t) / "sub", []), "is a file, not a"),
     "run dir is a file": (lambda t: (t / "s.toml", _run_dir_is_file(t), []), "is a file"),
     "run of another config": (lambda t: (t / "s.toml", _other_config(t), []), "different config"),
     "run dir not a run": (lambda t: (t / "s.toml", _not_a_run(t), []), "holds no run"),
