@@ -356,7 +356,8 @@ def from_flags(
 
     A flag of None was not given. `file` holds a settings file's values
     (`toolkit.config_file`); its `preset` key is used when `preset_name` is None.
-    `no_privacy` with a flag only a private run uses (`PRIVACY_ONLY`) is an error.
+    `no_privacy` with a flag only a private run uses (`PRIVACY_ONLY`) is an error, and so
+    is a `clip_norm` flag with automatic clipping, which has no clip norm.
 
     `noise_multiplier` and `target_epsilon` replace the preset's pair together (a preset
     that calibrates to an eps and a flag sigma would otherwise conflict). The tempered
@@ -395,6 +396,11 @@ def from_flags(
             raise ToolkitError(str(e)) from None
     elif isinstance(settings.get("activation"), str):
         settings["activation"] = ActivationSpec(settings["activation"])
+    if flags.get("clip_norm") is not None and settings.get("clipping") == "automatic":
+        raise ToolkitError(
+            f"--clip-norm={flags['clip_norm']} has no effect with --clipping automatic, which "
+            "normalises g/(||g||+gamma) (sensitivity 1); drop --clip-norm."
+        )
     if no_privacy:
         settings["private"] = False
     return TrainConfig(**settings)
