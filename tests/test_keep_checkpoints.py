@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import toolkit
+from tests.configs import tiny_config
 from toolkit import rundir
 from toolkit.cli import app
 from toolkit.config import TrainConfig
@@ -18,11 +19,7 @@ runner = CliRunner()
 
 
 def _cfg(data_dir, **kw) -> TrainConfig:
-    base = dict(
-        dataset="fashion-mnist", data_dir=str(data_dir), epochs=2, batch_size=60, lr=0.5,
-        clip_norm=1.0, noise_multiplier=0.8, seed=5, max_physical_batch=64,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(data_dir, **{"seed": 5, **kw})
 
 
 def _arrays(path) -> dict[str, np.ndarray]:

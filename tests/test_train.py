@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.configs import tiny_config
 from toolkit import accounting, rundir
 from toolkit.cli import app
 from toolkit.config import TrainConfig
@@ -19,11 +20,7 @@ runner = CliRunner()
 
 
 def _cfg(data_dir, **kw) -> TrainConfig:
-    base = dict(
-        dataset="fashion-mnist", data_dir=str(data_dir), epochs=2, batch_size=60, lr=0.5,
-        clip_norm=1.0, noise_multiplier=0.8, seed=3, max_physical_batch=64,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(data_dir, **kw)
 
 
 def _strip_times(history):
