@@ -194,7 +194,11 @@ def _grads_fn(graphdef: nnx.GraphDef):
 
 def measure(model: nnx.Module, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """Per example (float64 arrays, (B,)): each layer's gradient norm, the measured forward
-    factors ||[X_l, 1]||_F ("fwd_<layer>"), activation norms ("act_<name>") and ||x||."""
+    factors ||[X_l, 1]||_F ("fwd_<layer>"), activation norms ("act_<name>") and ||x||.
+
+    No noise is added: on private training examples (as `experiments.hidden_layers` runs
+    it) every value is a diagnostic of those examples, not covered by eps, not for release.
+    """
     graphdef, params, state = cg.split_model(model)
     _, grads = _grads_fn(graphdef)(params, jnp.asarray(x), jnp.asarray(y), state)
     out = {}

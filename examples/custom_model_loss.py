@@ -49,7 +49,8 @@ def main() -> None:
         eval_data=(to_float(data.test_images), data.test_labels), progress=True,
     )  # fmt: skip
     last = result.history[-1]
-    print(f"per-example gradients: {last.per_example_grads}")
+    print(f"per-example gradients: {last.per_example_grads} (chosen on training examples: "
+          "not covered by eps)")  # fmt: skip
     print(f"test accuracy {last.test_accuracy:.4f}, sigma {result.config.noise_multiplier:.3f}")
     for name, eps in result.epsilon.items():
         print(f"eps ({name}) = {eps:.3f} at delta = 1e-5")

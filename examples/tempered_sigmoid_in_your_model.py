@@ -55,8 +55,9 @@ def main() -> None:
         )  # fmt: skip
         last = result.history[-1]
         print(
-            f"(s, T, o) = {triplet}: test accuracy {last.test_accuracy:.4f}, mean pre-clip "
-            f"norm {last.grad_norm.mean:.3f}, eps {result.epsilon['rdp-classic']:.3f} (rdp-classic)"
+            f"(s, T, o) = {triplet}: test accuracy {last.test_accuracy:.4f}, "
+            f"eps {result.epsilon['rdp-classic']:.3f} (rdp-classic); mean pre-clip norm "
+            f"{last.grad_norm.mean:.3f} (training data, no noise: not covered by eps)"
         )
 
 

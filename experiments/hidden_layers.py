@@ -6,7 +6,10 @@ training examples, at initialisation and at the end of training, tanh vs ReLU.
 
 For each run: a fixed sample of its training examples (seed 0), the initial model (from
 the run's seed) and the final checkpoint. Writes OUT.json and OUT.png/.pdf. The measured
-numbers are diagnostics on private data (not covered by eps).
+numbers are diagnostics on private data (not covered by eps); the JSON (`diagnostic`), the
+figure's title and the printed output say so. The a-priori bounds are functions of the
+weights and of ||x|| of each sampled example, so their max over the sample is a
+diagnostic too.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(args.out.with_suffix(".json"), {
         "diagnostic": DIAGNOSTIC_LABEL, "stages": [dataclasses.asdict(s) for s in stages]
     })  # fmt: skip
+    print(f"measured on training examples: {DIAGNOSTIC_LABEL}")
     for s in stages:
         print(s.activation, "DP" if s.private else "SGD", "epoch", s.epoch)
         for k in hidden.LAYERS:

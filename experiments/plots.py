@@ -12,6 +12,12 @@ seeds; a note under each figure says what the line and band are. A run that lack
 a figure needs is skipped with a warning naming it (`experiments.records`).
 - `grid_figure`: Figure 2, final accuracy over tempered-sigmoid triplets (s, T, o),
   with the mean of the best 10% triplets.
+
+What eps covers: test accuracy and the activation norm are computed from the trained
+parameters on test (or validation) images. A trace of a training diagnostic (pre-clip
+gradient norms, train loss: computed from the private training data without noise) is
+not covered, and its note says so (`DIAGNOSTIC_NOTE`); the grid figure's best-10% choice
+compares runs (hyperparameter search), and its note says that too (`GRID_NOTE`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from experiments.records import (
 )
 from toolkit.errors import ToolkitError
 from toolkit.plotting import PAPER_RC, save_figure
+from toolkit.records import TRAINING_DIAGNOSTICS
 
 
 def _band(values: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,6 +173,14 @@ TRACE_NOTE = (
     "Line: mean over seeds (n = distinct seeds); band: min-max over seeds; "
     "solid: DP-SGD, dotted: non-private SGD."
 )
+DIAGNOSTIC_NOTE = (
+    "Computed from the private training data without noise (epochs.jsonl): a diagnostic, "
+    "not covered by eps, not for release."
+)
+GRID_NOTE = (
+    "The best 10% are chosen by test accuracy among all runs shown: the eps is one run's, "
+    "and the choice (hyperparameter search) is not covered by it."
+)
 
 
 def trace_figure(
@@ -212,7 +227,8 @@ def trace_figure(
         ax.set_title(_title(runs, accountant), fontsize=7)
         ax.grid(alpha=0.3, which="both")
         _legend_below(ax, fig)
-        _note(fig, TRACE_NOTE)
+        private = field.split(".")[0] in TRAINING_DIAGNOSTICS
+        _note(fig, f"{TRACE_NOTE} {DIAGNOSTIC_NOTE}" if private else TRACE_NOTE)
         written = save_figure(fig, out)
         plt.close(fig)
     return written
@@ -253,6 +269,7 @@ def grid_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> lis
             f"{_title(runs, None)}: {len(table)} triplets at {eps_text}; red: mean of best 10% "
             f"(s={best[0]:.2f}, T={best[1]:.2f}, o={best[2]:.2f})"
         )
+        fig.text(0.5, -0.02, GRID_NOTE, ha="center", va="top", fontsize=6)
         written = save_figure(fig, out)
         plt.close(fig)
     return written

@@ -23,6 +23,12 @@ own checks of types and ranges), the root and every run directory (`plan`).
 Executors: `local` runs in this process (workers=1) or a spawn-based process
 pool; `ray` submits the same function as Ray tasks to an existing cluster
 (`address`), each writing its run directory to storage all nodes share.
+
+Each run's eps covers that run, for its fixed settings. Choosing among a sweep's runs
+(the best learning rate, triplet, ...) on anything that depends on the training data,
+including accuracy of models trained on it, is hyperparameter search: not covered by
+any one run's eps (docs/privacy.md section 4). The run directories carry their own labels
+(`not_covered_by_dp` in each record).
 """
 
 from __future__ import annotations

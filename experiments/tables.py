@@ -7,6 +7,12 @@ DP guarantee), the sampling, and the standard deviation of per-class accuracy (t
 paper's fairness note). Besides the fixed columns, every other setting that varies
 across the runs shown gets a column (C, delta, momentum, clipping, ...), so two rows
 never look alike while being different settings.
+
+What eps covers: each row's eps is that of one run with fixed settings, and test
+accuracy is computed on the test set from the trained parameters. Table 4 (`best_lr_rows`)
+picks each row's learning rate by test accuracy among several runs: that choice is
+hyperparameter search, not covered by the eps shown, and its markdown says so
+(`BEST_LR_NOTE`; docs/privacy.md section 4).
 """
 
 from __future__ import annotations
@@ -170,10 +176,20 @@ def header(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [*HEADER[:at], *extra, *HEADER[at:]]
 
 
-def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
+BEST_LR_NOTE = (
+    "Each row's learning rate is the best of several runs by test accuracy: the eps shown "
+    "is one run's, and the choice among runs (hyperparameter search on the test set) is not "
+    "covered by it (docs/privacy.md section 4)."
+)
+
+
+def to_markdown(rows: Sequence[dict[str, Any]], *, note: str | None = None) -> str:
+    """The rows as a markdown table; `note`, if given, is a paragraph after it."""
     cols = header(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r)) + " |" for r in rows]
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

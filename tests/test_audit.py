@@ -157,6 +157,11 @@ def test_zero_noise_run_shows_a_large_audited_eps(tiny_data_dir, tmp_path):
     assert again.epsilon_lower_bound == record["epsilon_lower_bound"]
     assert z["included"].sum() == record["num_included"]
     assert np.all(z["source_index"] >= 100)  # canaries lie outside the base set
+    # Both files say what is not covered by eps: the inclusion bits and what uses them.
+    assert "included" in str(z["not_covered_by_dp"]) and "not covered by eps" in str(
+        z["not_covered_by_dp"]
+    )
+    assert "inclusion bits" in record["not_covered_by_dp"]
 
 
 def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):

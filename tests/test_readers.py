@@ -254,3 +254,26 @@ def test_legend_counts_distinct_seeds(tmp_path):
         fake_run(tmp_path / f"r{i}", seed=seed)
     (label,) = plots._labels(records.group_by_setting(records.find_runs([tmp_path])))
     assert label.endswith("(n=2)")
+
+
+def test_private_data_diagnostics_are_labelled_where_they_are_drawn_or_tabled(
+    tmp_path, monkeypatch
+):
+    """Figure 4 (pre-clip norms: private training data, no noise) says it is not covered by
+    eps; Figure 5 (held-out images) does not; a best-lr table says its choice is not."""
+    fake_run(tmp_path / "runs" / "a", seed=0, lr=0.1)
+    fake_run(tmp_path / "runs" / "b", seed=0, lr=0.2, accs=(0.5, 0.6, 0.8))
+    notes = []
+    monkeypatch.setattr(plots, "_note", lambda fig, text: notes.append(text))
+    found = records.find_runs([tmp_path / "runs"])
+    for field in ("grad_norm.mean", "first_conv_activation_norm"):
+        plots.trace_figure(found, field=field, ylabel=field, out=tmp_path / field)
+    assert plots.DIAGNOSTIC_NOTE in notes[0] and "not covered by eps" in notes[0]
+    assert notes[1] == plots.TRACE_NOTE
+    result = runner.invoke(app, ["table", str(tmp_path / "runs"), "--best-lr",
+                                 "--out", str(tmp_path / "t4")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "t4.md").read_text()
+    assert written.rstrip().endswith(tables.BEST_LR_NOTE) and "not covered" in written
+    plain = runner.invoke(app, ["table", str(tmp_path / "runs")])
+    assert tables.BEST_LR_NOTE not in plain.output

@@ -15,14 +15,13 @@ from toolkit.cli import app
 runner = CliRunner()
 
 
-def read_events(logdir) -> dict[str, dict[int, float]]:
-    """tag -> {step: value} from TFRecord event files: [u64 length][u32 crc][event][u32 crc].
+def _values(logdir):
+    """(step, Summary.Value) of TFRecord event files: [u64 length][u32 crc][event][u32 crc].
 
     Parsed here by hand (the writer package has no reader), so the test does not trust
     the code that wrote the file.
     """
     event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
-    out: dict[str, dict[int, float]] = {}
     for path in sorted(logdir.glob("events.out.tfevents.*")):
         data = path.read_bytes()
         i = 0
@@ -31,7 +30,22 @@ def read_events(logdir) -> dict[str, dict[int, float]]:
             event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
             i += 12 + length + 4
             for value in event.summary.value:
-                out.setdefault(value.tag, {})[event.step] = value.simple_value
+                yield event.step, value
+
+
+def read_events(logdir) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} from the event files."""
+    out: dict[str, dict[int, float]] = {}
+    for step, value in _values(logdir):
+        out.setdefault(value.tag, {})[step] = value.simple_value
+    return out
+
+
+def read_descriptions(logdir) -> dict[str, set[str]]:
+    """tag -> the descriptions its values carry."""
+    out: dict[str, set[str]] = {}
+    for _, value in _values(logdir):
+        out.setdefault(value.tag, set()).add(value.metadata.summary_description)
     return out
 
 
@@ -57,6 +71,12 @@ def test_sink_writes_each_records_scalars(tmp_path):
         sink.write(record)
     sink.close()
     _assert_events_match(read_events(tmp_path / "tb"), history)
+    # Training diagnostics are labelled where they are written; held-out metrics and eps not.
+    described = read_descriptions(tmp_path / "tb")
+    for tag in ("train/loss", "train/batch_size_mean", "grad_norm/max"):
+        (text,) = described[tag]
+        assert "not covered by eps" in text, tag
+    assert described["metrics/test_accuracy"] == described["epsilon/rdp-classic"] == {""}
 
 
 def test_sink_leaves_out_infinite_eps(tmp_path):

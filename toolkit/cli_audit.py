@@ -149,6 +149,12 @@ def _print_table(record: dict, out) -> None:
     table.add_row("consistent", "yes" if record.consistent else "NO: see the error below")
     table.add_row("test accuracy", f"{record.test_accuracy:.4f}")
     table.add_row("train time", f"{record.train_time_s:.1f} s")
+    table.add_row(
+        "not covered by eps",
+        "the canaries' inclusion bits (the 'in' count, canaries.npz), hence the guesses and "
+        "the audited bound, and the train time: an audit tests the mechanism, it is not a "
+        "DP release",
+    )
     if out is not None:
         table.add_row("output", str(out))
     console.print(table)

@@ -4,6 +4,12 @@ A hook is any function `hook(ctx: EpochContext) -> {name: value}`; the loop stor
 values in the epoch record's `metrics`. Hooks see the trained model, never the training
 examples' gradients, and what they compute is NOT covered by the run's eps when it
 reads private data (evaluation on the test set is the usual, public, case).
+
+The hooks here read only the model and the arrays they are given: `toolkit train` gives
+them the test set, or the validation split (`--validation`), neither of which it trains
+on, so their values are functions of the DP parameters and of that held-out data, which
+eps does not protect. Given training data, `evaluation` is a diagnostic of it: not
+covered. Every epoch record says so in its `not_covered_by_dp` field.
 """
 
 from __future__ import annotations
@@ -97,7 +103,8 @@ def evaluation(
 def first_activation_norm(images: np.ndarray) -> MetricFn:
     """Figure 5: mean L2 norm of the first conv layer's activations on fixed images.
 
-    For models with a `first_activation(x)` method (the paper's CNNs).
+    For models with a `first_activation(x)` method (the paper's CNNs). `toolkit train`
+    passes the held-out images (test, or validation), never training images.
     """
     x = jnp.asarray(images[:_ACT_NORM_EXAMPLES])
 

@@ -5,6 +5,10 @@ The loop calls `start(total, completed)`, `step(description)` after every step a
 (seconds to tens of seconds), and both displays say so. `RichProgress` draws a bar with
 ETA and the last epoch's loss, accuracy and eps; `LineProgress` prints one flushed line
 per epoch (for logs without a terminal); `progress_display(enabled)` picks one.
+
+Both show the train loss (and the line display the epoch's wall time) after "not covered
+by eps:": they are computed from the private training data without noise
+(docs/privacy.md section 4).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ COMPILING = "compiling the training step"
 
 
 def _summary(record: EpochRecord) -> str:
-    parts = [f"loss {record.train_loss:.4f}"]
+    """Held-out accuracy and eps, then what eps does not cover (the train loss; the line
+    display adds the epoch's wall time after it)."""
+    parts = []
     for key, name in (("test_accuracy", "test acc"), ("val_accuracy", "val acc")):
         if record.metrics.get(key) is not None:
             parts.append(f"{name} {record.metrics[key]:.4f}")
@@ -47,7 +53,7 @@ def _summary(record: EpochRecord) -> str:
         parts.append("non-private")
     else:
         parts.append("eps inf (sigma = 0: no DP guarantee)")
-    return ", ".join(parts)
+    return f"{', '.join(parts)}; not covered by eps: train loss {record.train_loss:.4f}"
 
 
 class RichProgress:

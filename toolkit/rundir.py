@@ -12,6 +12,13 @@
 This module is the only place where records become JSON and back (`record_to_json`,
 `record_from_json`), and where checkpoints are written and read.
 
+What the run's eps covers is its parameters (every iterate, so every checkpoint's params
+and optimizer state apart from the privatizer's key). Each epoch and summary record says
+in its `not_covered_by_dp` field which of its values are computed from the private
+training data without noise (`toolkit.records`); a checkpoint's meta says the same of its
+PRNG key and history (`CHECKPOINT_NOT_COVERED`). config.json holds no value computed from
+the data, but its seed regenerates every batch and noise draw (docs/privacy.md section 4).
+
 Every file is written atomically (toolkit.io). The checkpoint is the source of
 truth for progress: on resume, epochs.jsonl is rewritten from the history it
 holds, so a kill between the two writes loses nothing and duplicates nothing.
@@ -59,6 +66,16 @@ CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
 # state, no privatizer state (before the library API); 2: arrays named by tree path.
 CHECKPOINT_FORMAT = 2
 KEPT_PREFIX = "checkpoint-epoch"  # kept checkpoints: checkpoint-epoch{E}.npz
+# The label in every checkpoint's meta (`not_covered_by_dp`); older checkpoints lack it.
+CHECKPOINT_NOT_COVERED = (
+    "params and opt_state are iterates of DP-SGD (covered by the eps spent up to this "
+    "epoch), except the privatizer's noise key in opt_state and the array 'key': the "
+    "mechanism's secret randomness (with it, or with config.json's seed, the noise can be "
+    "regenerated and subtracted). state is the model's non-Param state, never trained and "
+    "never a function of the data. history holds the epochs.jsonl records, whose training "
+    "diagnostics are computed from the private training data without noise: not covered "
+    "by eps (docs/privacy.md section 4)."
+)
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "dp-accounting", "numpy", "scipy")
 
 
@@ -294,6 +311,7 @@ def save_checkpoint(
     meta = {
         "format": CHECKPOINT_FORMAT, "step": step, "epoch": epoch, "config_hash": cfg_hash,
         "history": [record_to_json(r) for r in history],
+        "not_covered_by_dp": CHECKPOINT_NOT_COVERED,
     }  # fmt: skip
     arrays = {f"tree/{k}": v for k, v in _named(tree).items()}
     arrays["key"] = np.asarray(jax.random.key_data(key))

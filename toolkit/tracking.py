@@ -11,6 +11,10 @@ Scalars, at global step `record.step` (the number of DP-SGD steps so far):
 (pre-clip per-example norms), `epsilon/<accountant>` for every accountant with a finite
 eps, and `metrics/<name>` for every numeric metric (test_accuracy, ...). A run with
 eps = inf (sigma = 0) has no epsilon scalars: TensorBoard cannot draw inf.
+
+The `train/*` and `grad_norm/*` scalars are computed from the private training data
+without noise: not covered by eps. Each carries that label as its TensorBoard description
+(`DIAGNOSTIC_DESCRIPTION`, shown by the plot's information icon).
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ from toolkit.errors import ToolkitError
 from toolkit.records import EpochRecord
 
 EXTRA = "tensorboard"  # the pyproject optional dependency that installs the writer
+DIAGNOSTIC_DESCRIPTION = (
+    "Computed from the private training data without noise: not covered by eps, not for "
+    "release (docs/privacy.md section 4)."
+)
+_DIAGNOSTIC_PREFIXES = ("train/", "grad_norm/")
 
 
 def _number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def description(tag: str) -> str:
+    """The TensorBoard description of a scalar: the label of a training diagnostic, or ''."""
+    return DIAGNOSTIC_DESCRIPTION if tag.startswith(_DIAGNOSTIC_PREFIXES) else ""
 
 
 def scalars(record: EpochRecord) -> dict[str, float]:
@@ -69,7 +83,9 @@ class TensorBoardSink:
 
     def write(self, record: EpochRecord) -> None:
         for tag, value in scalars(record).items():
-            self._writer.add_scalar(tag, value, global_step=record.step)
+            self._writer.add_scalar(
+                tag, value, global_step=record.step, summary_description=description(tag)
+            )
         self._writer.flush()
 
     def close(self) -> None:
