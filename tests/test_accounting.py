@@ -47,7 +47,13 @@ SMALL = {"sampling_prob": 0.02, "steps": 200, "delta": DELTA}
 
 
 def mnist_steps(epochs: int) -> int:
-    return steps_for(num_examples=N, batch_size=B, epochs=epochs)
+    """The step count the published and measured values above were computed at.
+
+    ``epochs * N // B`` (14062 at 60 epochs), one more step every few epochs than the
+    ``epochs * (N // B)`` (14040) that `steps_for` and the training loop count; the
+    published eps round to the same two decimals at either.
+    """
+    return epochs * N // B
 
 
 # --- published numbers -----------------------------------------------------------------
@@ -215,8 +221,9 @@ def test_curve_edge_cases():
 
 
 def test_steps_and_sampling_prob_helpers():
-    assert steps_for(num_examples=60000, batch_size=256, epochs=60) == 14062
-    assert steps_for(num_examples=60000, batch_size=2048, epochs=40) == 1171
+    # epochs * (N // B), the steps the loop runs; not epochs * N // B (14062 and 1171).
+    assert steps_for(num_examples=60000, batch_size=256, epochs=60) == 14040
+    assert steps_for(num_examples=60000, batch_size=2048, epochs=40) == 1160
     assert steps_for(num_examples=10, batch_size=10, epochs=0) == 0
     assert sampling_prob_for(num_examples=60000, batch_size=256) == 256 / 60000
 
@@ -273,3 +280,44 @@ def test_curve_and_epsilons_reject_bad_input():
         epsilons(
             noise_multiplier=1.0, sampling_prob=0.1, steps=1, delta=DELTA, accountants=["moments"]
         )
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-8])
+def test_every_accountant_uses_the_delta_it_is_given(delta):
+    """eps at a delta other than the usual 1e-5, against dp-accounting called directly
+    (rdp, pld) and Mironov's conversion written out (rdp-classic); the curve as well.
+
+    Same computation on the same grid: 1e-9 relative (round-off) for RDP and PLD, whose
+    grid is the default 1e-4 here (eps < `PLD_COARSEN_ABOVE_EPSILON`); the incremental PLD
+    curve is within 1e-6 of the fresh value. At these settings eps moves by > 10% between
+    delta = 1e-5 and either delta, so a delta mixed up with the default fails.
+    """
+    from dp_accounting import dp_event
+    from dp_accounting.pld import PLDAccountant
+    from dp_accounting.rdp import RdpAccountant
+
+    sigma, q, steps = 1.5, 0.02, 200
+    event = dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps
+    )
+    rdp = RdpAccountant()
+    rdp.compose(event)
+    classic = RdpAccountant(orders=list(accounting.CLASSIC_RDP_ORDERS))
+    classic.compose(event)
+    orders = np.asarray(accounting.CLASSIC_RDP_ORDERS)
+    pld = PLDAccountant(value_discretization_interval=accounting.PLD_VALUE_DISCRETIZATION)
+    pld.compose(event)
+    want = {
+        "rdp": rdp.get_epsilon(delta),
+        "rdp-classic": float(np.min(classic.rdp + math.log(1 / delta) / (orders - 1))),
+        "pld": pld.get_epsilon(delta),
+    }
+    kw = dict(noise_multiplier=sigma, sampling_prob=q, delta=delta)
+    for name in ACCOUNTANTS:
+        got = epsilon(accountant=name, steps=steps, **kw)
+        assert got == pytest.approx(want[name], rel=1e-9), name
+        curve = epsilon_curve(accountant=name, steps=[steps // 2, steps], **kw)
+        assert curve[-1] == pytest.approx(got, rel=1e-6), name
+        assert curve[0] == pytest.approx(epsilon(accountant=name, steps=steps // 2, **kw), rel=1e-6)
+        at_default = epsilon(accountant=name, steps=steps, **{**kw, "delta": DELTA})
+        assert abs(got / at_default - 1) > 0.1, name

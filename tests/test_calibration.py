@@ -137,3 +137,25 @@ def test_accounting_reexports_the_calibration_names():
 def test_docstring_example_runs():
     result = doctest.testmod(calibration, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "rdp-classic"])
+@pytest.mark.parametrize("delta", [1e-3, 1e-8])
+def test_calibration_meets_the_target_at_the_given_delta(accountant, delta):
+    """The returned sigma meets the target at the delta asked for, and is minimal there
+    (within rtol): a sigma calibrated at another delta (eps differs by > 10% between 1e-5
+    and either delta here) fails one of the two. Exact comparisons: eps is deterministic."""
+    kw = {**CALIBRATION, "delta": delta, "accountant": accountant}
+    sigma = calibrate_noise_multiplier(target_epsilon=2.0, rtol=1e-3, **kw)
+    assert epsilon(noise_multiplier=sigma, **kw) <= 2.0
+    assert epsilon(noise_multiplier=sigma / (1 + 1e-3), **kw) > 2.0
+
+
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_a_single_step_is_calibrated(accountant):
+    """One full-batch step (q = 1, T = 1), the plain Gaussian mechanism: it needs noise
+    (sigma > 0) like any other run; only T = 0 gets sigma = 0."""
+    kw = {"accountant": accountant, "sampling_prob": 1.0, "steps": 1, "delta": DELTA}
+    sigma = calibrate_noise_multiplier(target_epsilon=1.0, rtol=1e-3, **kw)
+    assert sigma > 0 and epsilon(noise_multiplier=sigma, **kw) <= 1.0
+    assert epsilon(noise_multiplier=sigma / (1 + 1e-3), **kw) > 1.0

@@ -21,7 +21,7 @@ Example (the TF Privacy tutorial's setting, whose published eps is 3.01 at sigma
 ...     steps=steps_for(num_examples=60000, batch_size=256, epochs=60),
 ...     delta=1e-5,
 ... )
->>> round(sigma, 3)
+>>> round(sigma, 2)
 1.1
 """
 

@@ -20,7 +20,7 @@ from toolkit.clipping import CLIPPING_RULES
 from toolkit.data import DATASETS
 from toolkit.dpsgd import IMPLEMENTATIONS, LR_SCHEDULES
 from toolkit.errors import ToolkitError
-from toolkit.sampling import SAMPLINGS
+from toolkit.sampling import SAMPLINGS, steps_per_epoch
 
 OPTIMIZERS = ("sgd", "adam")
 # Settings that only a private run uses: `--no-privacy` (private = false) with any is an error.
@@ -306,7 +306,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
             f"batch_size={cfg.batch_size} must be <= the number of training examples "
             f"({num_examples}).",
         )
-        steps = cfg.epochs * (num_examples // cfg.batch_size)
+        steps = cfg.epochs * steps_per_epoch(num_examples, cfg.batch_size)
         _require(
             steps <= MAX_STEPS,
             f"epochs={cfg.epochs} with batch_size={cfg.batch_size} and {num_examples} examples "
@@ -334,7 +334,7 @@ def resolve(cfg: TrainConfig, *, num_examples: int) -> TrainConfig:
         accountant=cfg.accountant,
         target_epsilon=cfg.target_epsilon,
         sampling_prob=cfg.batch_size / num_examples,
-        steps=cfg.epochs * (num_examples // cfg.batch_size),  # exactly the steps train runs
+        steps=cfg.epochs * steps_per_epoch(num_examples, cfg.batch_size),  # the steps train runs
         delta=cfg.delta,
     )
     return dataclasses.replace(cfg, noise_multiplier=sigma)

@@ -1,10 +1,11 @@
-"""The privacy parameters of one DP-SGD run, and the only place its step count is derived.
+"""The privacy parameters of one DP-SGD run, and the step count T the accountants compose.
 
 `PrivacyParams` is frozen and holds what the accountants need: the data set size N, the
-expected batch size B (so q = B / N), the epochs (so T = epochs * (N // B) steps, TF
-Privacy's convention), sigma, delta, the headline accountant and the sampling actually
-run. It yields the dp-accounting event of the run and its eps under every accountant
-(`toolkit.accounting`). A run with sigma = 0 has eps = inf: no DP guarantee.
+expected batch size B (so q = B / N), the epochs (so T = epochs * (N // B) steps, the
+count the loop runs: both take N // B from `toolkit.sampling.steps_per_epoch`), sigma,
+delta, the headline accountant and the sampling actually run. It yields the dp-accounting
+event of the run and its eps under every accountant (`toolkit.accounting`). A run with
+sigma = 0 has eps = inf: no DP guarantee.
 
 >>> p = PrivacyParams(num_examples=60000, batch_size=256, epochs=60, noise_multiplier=1.1)
 >>> p.steps, round(p.epsilon(), 2)
@@ -20,7 +21,7 @@ from dp_accounting import dp_event
 
 from toolkit import accounting
 from toolkit.errors import ToolkitError
-from toolkit.sampling import SAMPLINGS
+from toolkit.sampling import SAMPLINGS, steps_per_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +99,8 @@ class PrivacyParams:
 
     @property
     def steps_per_epoch(self) -> int:
-        """N // B: an epoch is this many Poisson draws (TF Privacy's convention)."""
-        return self.num_examples // self.batch_size
+        """N // B: an epoch is this many Poisson draws (`toolkit.sampling.steps_per_epoch`)."""
+        return steps_per_epoch(self.num_examples, self.batch_size)
 
     @property
     def steps(self) -> int:

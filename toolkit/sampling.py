@@ -20,6 +20,19 @@ SAMPLINGS = ("poisson", "shuffle")
 _POISSON_TAG, _SHUFFLE_TAG = 1, 2
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """N // B: the steps of one epoch, and the one place that number is derived.
+
+    Rounded down: with N = 250 and B = 40 an epoch is 6 steps, not 7. The training loop,
+    the shuffle sampler, the lr schedule and the accountants (`toolkit.privacy`) all take
+    their step counts from here, private or not, so the loop never runs a step that the
+    accountant does not count.
+    """
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size={batch_size} must be in [1, num_examples={num_examples}].")
+    return num_examples // batch_size
+
+
 @dataclasses.dataclass(frozen=True)
 class PoissonSampler:
     """Each example joins each step's batch independently with probability q."""
@@ -46,7 +59,7 @@ class ShuffleSampler:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_examples // self.batch_size
+        return steps_per_epoch(self.num_examples, self.batch_size)
 
     def indices(self, step: int) -> np.ndarray:
         epoch, b = divmod(step, self.steps_per_epoch)
