@@ -216,7 +216,7 @@ class _TiedKernel(nnx.Module):
         return h @ self.fc.kernel[...].T
 
 
-@pytest.mark.parametrize("module", [_FreeScale, _BatchMixing, _TiedKernel])
+@pytest.mark.parametrize("module", [_FreeScale, _TiedKernel])
 def test_auto_resolves_to_vmap_and_bookkeeping_refuses_models_it_cannot_serve(module):
     graphdef, params = nnx.split(module(nnx.Rngs(0)), nnx.Param)
     x = jnp.asarray(np.random.default_rng(1).random((5, 4)), jnp.float32)
@@ -224,6 +224,16 @@ def test_auto_resolves_to_vmap_and_bookkeeping_refuses_models_it_cannot_serve(mo
     assert _resolve(graphdef, params, x, y, "auto") == "vmap"
     with pytest.raises(ToolkitError, match="per_example='bookkeeping'"):
         _resolve(graphdef, params, x, y, "bookkeeping")
+
+
+@pytest.mark.parametrize("implementation", ["auto", "bookkeeping", "vmap"])
+def test_a_model_that_mixes_examples_is_refused_on_every_path(implementation):
+    """vmap would run it on batches of one (h - mean(h) = 0): no path may train it."""
+    graphdef, params = nnx.split(_BatchMixing(nnx.Rngs(0)), nnx.Param)
+    x = jnp.asarray(np.random.default_rng(1).random((5, 4)), jnp.float32)
+    y = jnp.asarray([0, 1, 2, 0, 1])
+    with pytest.raises(ToolkitError, match="model's own __call__ or its loss_fn mixes"):
+        _resolve(graphdef, params, x, y, implementation)
 
 
 def test_microbatched_bookkeeping_equals_one_batch():

@@ -183,9 +183,9 @@ def _cnn_problem(batch=6):
 
 
 def test_augmult_views_are_shifts_and_flips_of_the_image():
-    aug = Augmult(8, max_shift=2, flip=True, seed=4)
+    aug = Augmult(8, max_shift=2, flip=True)
     x = jnp.asarray(np.random.default_rng(0).random((28, 28, 1), dtype=np.float32))
-    views = np.asarray(aug.views(x, jnp.array([3, 1, 5], jnp.uint32)))
+    views = np.asarray(aug.views(x, jax.random.key(4)))
     padded = np.pad(np.asarray(x), ((2, 2), (2, 2), (0, 0)))
     candidates = [
         c[:, ::-1] if f else c
@@ -197,32 +197,33 @@ def test_augmult_views_are_shifts_and_flips_of_the_image():
     for v in views:  # every view is exactly one shift (and maybe flip) of the image
         assert sum(np.array_equal(v, c) for c in candidates) >= 1
     assert len({v.tobytes() for v in views}) > 1  # and they are not all the same
-    again = np.asarray(aug.views(x, jnp.array([3, 1, 5], jnp.uint32)))
-    np.testing.assert_array_equal(views, again)  # keyed: the same (step, chunk, row) repeats
+    again = np.asarray(aug.views(x, jax.random.key(4)))
+    np.testing.assert_array_equal(views, again)  # keyed: the same example key repeats
 
 
 @pytest.mark.parametrize(("clipping", "bound"), [("flat", 0.05), ("automatic", 1.0)])
 def test_augmult_clips_the_mean_of_the_views_once_and_keeps_the_sensitivity(clipping, bound):
     graphdef, params, state, x, y = _cnn_problem()
-    aug = Augmult(4, seed=2)
+    aug = Augmult(4)
     fn = per_example.clipped_grad(
         graphdef, clip_norm=0.05, clipping=clipping, implementation="auto", augment=aug
     ).checked(params, state, x, y)
     assert fn.implementation == "vmap"
-    rng = jnp.array([7, 0], jnp.uint32)
+    keys = jax.random.split(jax.random.key(7), 6)
     # By hand for example 0: K view gradients of the plain loss, averaged, then clipped.
-    views = aug.views(x[0], jnp.array([7, 0, 0], jnp.uint32))
+    views = aug.views(x[0], keys[0])
     plain = per_example.per_example_loss_fn(graphdef)
     grads = [jax.grad(plain)(params, v, y[0]) for v in views]
     mean = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
     norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g))) for g in jax.tree.leaves(mean))))
     factor = min(1.0, 0.05 / norm) if clipping == "flat" else 1.0 / (norm + 0.01)
     # One compiled shape: rows are switched off by the mask (padding rows contribute 0).
-    call = jax.jit(lambda m: fn(params, state, x, y, m, rng))
+    call = jax.jit(lambda m: fn(params, state, x, y, m, keys))
     one = call(jnp.arange(6) == 0)
     assert float(one.norms[0]) == pytest.approx(norm, rel=1e-5)  # float32 sums of 4 views
     for got, want in zip(jax.tree.leaves(one.clipped_sum), jax.tree.leaves(mean), strict=True):
-        np.testing.assert_allclose(got, factor * np.asarray(want), rtol=1e-4, atol=1e-9)
+        # atol: float32 sums of 4 view gradients, entries up to ~4e-3 (1e-8 is ~3e-6 of that)
+        np.testing.assert_allclose(got, factor * np.asarray(want), rtol=1e-4, atol=1e-8)
     # Neighbouring batches (one example added): the clipped sums differ by at most C (or 1).
     five, six = call(jnp.arange(6) < 5), call(jnp.ones(6, bool))
     leaves = zip(jax.tree.leaves(six.clipped_sum), jax.tree.leaves(five.clipped_sum), strict=True)

@@ -9,10 +9,12 @@ The public API (see README, "Python API"):
 - The lower layer, each piece usable alone: `clipped_grad` (per-example clipped sum,
   norms, losses, `sensitivity`), `gaussian_privatizer` (an optax transformation: noise on
   the sum, then / B), `PrivacyParams` (q, steps, sigma, delta, accountant -> event, eps),
-  `split_model`, `metrics` hooks, `TemperedSigmoid`-style activations (`tempered_sigmoid`).
+  `split_model`, `metrics` hooks, `randomness` (each example's own PRNG key: dropout and
+  augmult keyed by the example, never by its row), `TemperedSigmoid`-style activations
+  (`tempered_sigmoid`).
 """
 
-from toolkit import metrics
+from toolkit import metrics, randomness
 from toolkit.activations import tempered_sigmoid
 from toolkit.api import FitConfig, FitResult, fit, load_run
 from toolkit.loop import EpochContext, TrainingDiverged
@@ -44,6 +46,7 @@ __all__ = [
     "gaussian_privatizer",
     "load_run",
     "metrics",
+    "randomness",
     "softmax_cross_entropy",
     "split_model",
     "tempered_sigmoid",

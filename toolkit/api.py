@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from toolkit import averaging, dpsgd, rundir
+from toolkit import averaging, dpsgd, randomness, rundir
 from toolkit import metrics as metrics_lib
 from toolkit import per_example as cg
 from toolkit.accounting import ACCOUNTANTS
@@ -43,7 +43,7 @@ from toolkit.parallel import DataParallel
 from toolkit.privacy import NON_PRIVATE_LABEL, PrivacyParams
 from toolkit.progress import Display, progress_display
 from toolkit.records import EpochRecord, RunSummary
-from toolkit.sampling import make_sampler, physical_batch_size
+from toolkit.sampling import make_sampler, physical_batch_size, steps_per_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +71,11 @@ class FitConfig:
     loss: str
     optimizer: str
     ema_decay: float | None = None
+    augment: str | None = None  # the Augmult, as its repr
 
     # Left out of the config hash at these values, so runs written before they existed
     # keep their hash (and resume).
-    HASH_DEFAULTS: ClassVar[dict[str, Any]] = {"ema_decay": None}
+    HASH_DEFAULTS: ClassVar[dict[str, Any]] = {"ema_decay": None, "augment": None}
 
     @property
     def private(self) -> bool:
@@ -143,7 +144,9 @@ def build_loop(
     clip = mechanism.clipped_grad(
         graphdef, loss_fn=loss_fn, implementation=per_example, augment=augment
     )
-    clip = clip.checked(params, state, train_x, train_y)
+    # Checked at the micro-batch shape training runs (before rounding to the devices).
+    rows = min(physical_batch_size(batch_size, max_physical=max_physical_batch), n)
+    clip = clip.checked(params, state, train_x, train_y, rows=rows)
     # All local devices share the per-example work. Not under vmap: XLA 0.10 returns wrong
     # vmap'd convolution kernel gradients on batch-sharded inputs (benchmarks/README.md).
     devices = (
@@ -153,10 +156,16 @@ def build_loop(
     tx = mechanism.privatized(optimizer, expected_batch_size=float(batch_size), key=noise_key)
     if ema_decay is not None:
         tx = optax.chain(tx, averaging.track_ema(ema_decay))
-    train_x, train_y = devices.replicate((train_x, train_y))
+    stream = ids = None
+    if randomness.has_keys(state) or augment is not None:  # each example's own key
+        stream = randomness.example_stream(noise_key)
+        ids = jnp.asarray(randomness.example_ids(train_x, train_y))
+    train_x, train_y, stream, ids = devices.replicate((train_x, train_y, stream, ids))
     loop = Loop(
         graphdef=graphdef,
         state=state,
+        example_stream=stream,
+        example_ids=ids,
         clip=clip,
         accumulate=dpsgd.make_accumulate_fn(clip),
         update=dpsgd.make_update(tx),
@@ -165,7 +174,7 @@ def build_loop(
         train_y=train_y,
         physical=physical,
         devices=devices,
-        steps_per_epoch=n // batch_size,
+        steps_per_epoch=steps_per_epoch(n, batch_size),  # what `privacy` counts, N // B
         epochs=epochs,
         sampling=sampling,
         accountant=accountant,
@@ -237,6 +246,7 @@ def fit(
     max_physical_batch: int = 512,
     progress: bool | Display = False,
     ema_decay: float | None = None,
+    augment: Augmult | None = None,
 ) -> FitResult:
     """Train `model` with DP-SGD on `train_data`; returns the trained model and its eps.
 
@@ -248,7 +258,9 @@ def fit(
         optimizer: Any optax transformation; it receives the privatized mean gradient.
         batch_size: Expected batch size B; Poisson sampling probability q = B / N.
         epochs: Epochs of N // B steps each.
-        clip_norm: Per-example clipping norm C (flat) or the scale of automatic clipping.
+        clip_norm: Per-example clipping norm C (flat). Automatic clipping has none (it
+            normalises, sensitivity 1): there C only sets the threshold of the
+            `fraction_clipped` diagnostic, and neither the update nor the noise depends on it.
         loss_fn: `loss_fn(outputs, labels) -> (batch,)` per-example losses; default
             softmax cross-entropy with integer labels.
         clipping: "flat" (sensitivity C) or "automatic" (g / (||g|| + gamma), sensitivity 1).
@@ -271,6 +283,9 @@ def fit(
         ema_decay: Also keep an exponential moving average of the iterates (post-processing,
             no privacy cost; `toolkit.averaging`); `eval_data` is then evaluated on it too,
             as `ema_test_*`. The returned model is the last iterate.
+        augment: Augmentation multiplicity for image inputs (N, H, W, C):
+            `toolkit.augment.Augmult(k)` averages each example's gradient over K random
+            shift/flip views before clipping (sensitivity unchanged; vmap path).
 
     Returns:
         A `FitResult`: `.model`, `.epsilon` (all three accountants), `.history`, `.config`.
@@ -333,14 +348,14 @@ def fit(
         seed=seed, per_example=per_example, max_physical_batch=max_physical_batch,
         model=type(model).__qualname__, loss=getattr(loss_fn, "__name__", "softmax_cross_entropy")
         if loss_fn is not None else "softmax_cross_entropy", optimizer=_name(optimizer),
-        ema_decay=ema_decay,
+        ema_decay=ema_decay, augment=None if augment is None else repr(augment),
     )  # fmt: skip
     setup = build_loop(
         model, jnp.asarray(x), jnp.asarray(y), loss_fn=loss_fn, optimizer=optimizer,
         mechanism=mech, privacy=privacy, batch_size=batch_size, epochs=epochs,
         sampling=sampling, accountant=accountant, seed=seed, noise_key=jax.random.key(seed),
         per_example=per_example, max_physical_batch=max_physical_batch, metric_hooks=hooks,
-        ema_decay=ema_decay,
+        ema_decay=ema_decay, augment=augment,
     )  # fmt: skip
     on_epoch_end = None
     if out is not None:

@@ -4,12 +4,14 @@ private image classification through scale", section 3.1).
 Each sampled example is expanded into K augmented views; the example's loss is the mean
 of the views' losses, so its gradient is the mean of the views' gradients, and that one
 gradient is clipped. Each example still contributes one clipped vector, so the clipped
-sum's sensitivity is unchanged (C flat, 1 automatic) and so is the accounting: the views
-are a function of the one example alone. Compute grows by K.
+sum's sensitivity is unchanged (C flat, 1 automatic) and so is the accounting.
 
 The views are random shifts by up to `max_shift` pixels (zero padding, as a padded
-random crop) and, with `flip`, random horizontal flips. Their randomness is keyed by
-(seed, step, micro-batch, row), so a resumed run draws the same views.
+random crop) and, with `flip`, random horizontal flips. Their randomness is the
+example's own key (`toolkit.randomness`: the run's secret key, the step and the
+example's identity, a hash of its bytes), so an example's views, like its gradient, are
+a function of the example, the step and the secret key alone: they do not change when
+another example is added or removed, and a resumed run draws the same views.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from toolkit.randomness import view_key
+
 
 @dataclasses.dataclass(frozen=True)
 class Augmult:
-    """K random views of one image (H, W, C): `views(x, data) -> (K, H, W, C)`."""
+    """K random views of one image (H, W, C): `views(x, key) -> (K, H, W, C)`."""
 
     k: int
     max_shift: int = 2
     flip: bool = True
-    seed: int = 0
 
     def __post_init__(self):
         if self.k < 1:
@@ -35,12 +38,10 @@ class Augmult:
         if self.max_shift < 0:
             raise ValueError(f"augmult max_shift={self.max_shift}; expected >= 0.")
 
-    def views(self, x: jax.Array, data: jax.Array) -> jax.Array:
-        """The K views of `x`; `data` (unsigned integers) keys their randomness."""
-        key = jax.random.key(self.seed)
-        for d in jnp.atleast_1d(data):
-            key = jax.random.fold_in(key, d)
-        return jax.vmap(lambda k: self.one_view(k, x))(jax.random.split(key, self.k))
+    def views(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        """The K views of `x`, drawn from the example's key (`toolkit.randomness`)."""
+        keys = jax.random.split(view_key(key), self.k)
+        return jax.vmap(lambda k: self.one_view(k, x))(keys)
 
     def one_view(self, key: jax.Array, x: jax.Array) -> jax.Array:
         h, w = x.shape[0], x.shape[1]

@@ -64,6 +64,7 @@ import optax
 from flax import nnx
 from jax import lax
 
+from toolkit import randomness
 from toolkit.errors import ToolkitError
 
 NORM_RULES = ("mixed", "ghost", "materialise")
@@ -353,13 +354,16 @@ def make_clipped_grad(
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     norm_rule: str = "mixed",
 ) -> Callable:
-    """`clipped_grad(params, x, y, weights_fn, state=None) -> (clipped_sum, norms, losses)`.
+    """`clipped_grad(params, x, y, weights_fn, state=None, keys=None) -> (sum, norms, losses)`.
 
     Traceable. `loss_fn(outputs, labels)` gives the (B,) per-example losses (default:
     softmax cross-entropy with integer labels); each must depend on its own example
     only, which `toolkit.per_example.ClippedGradFn.checked` verifies against vmap.
     `state` is the model's non-`nnx.Param` state (`toolkit.per_example.split_model`),
-    merged back in for the forward pass and never differentiated.
+    merged back in for the forward pass and never differentiated. With `keys` ((B,) PRNG
+    keys, one per example: `toolkit.randomness`), each example runs its own forward pass
+    with its state's PRNG keys folded with its key (for models that draw randomness);
+    without, one forward pass runs over the whole batch.
 
     `weights_fn(norms) -> weights` maps the (B,) per-example gradient norms to the
     weights of the sum (clip factor times mask; rows with weight 0 contribute exact
@@ -391,7 +395,8 @@ def make_clipped_grad(
             )
         return loss_fn(logits, y)
 
-    def clipped_grad(params, x, y, weights_fn, state=None):
+    def batched_forward(params, state, x, y):
+        """One forward over the batch: [(call, (input, kernel))] and the output gradients."""
         b = x.shape[0]
         # Pass 0 (shapes only): which layers, in which order, with which output shapes.
         probe: list[_Call] = []
@@ -418,13 +423,66 @@ def make_clipped_grad(
         zeros = [jnp.zeros(c.out.shape, c.out.dtype) for c in probe]
         losses, backward, operands = jax.vjp(forward, zeros, state, has_aux=True)
         grads_out, _ = backward(jnp.ones_like(losses))
+        return list(zip(calls, operands, strict=True)), grads_out, losses
+
+    def per_example_forward(params, state, x, y, keys):
+        """The forward pass of each example alone (jax.vmap), the PRNG keys of its state
+        folded with its own key (`toolkit.randomness`), so that its dropout masks are the
+        vmap path's, row for row. Inputs and output gradients come out as from
+        `batched_forward`; the kernel operand is a zero of the kernel's shape, which is
+        all the sums need (the contraction is linear in the kernel).
+        """
+        b = x.shape[0]
+        calls: list[_Call] = []
+        kernels: list[jax.ShapeDtypeStruct] = []
+
+        def one(zs, xi, yi, key, state, probe):
+            inputs = []
+
+            def record(a, k):
+                inputs.append(a)
+                if probe:
+                    kernels.append(jax.ShapeDtypeStruct(k.shape, k.dtype))
+
+            losses = run_model(
+                params, randomness.fold_state(state, key), xi[None], yi[None],
+                calls if probe else [], lambda i, o: 0.0 if zs is None else zs[i], record,
+            )  # fmt: skip
+            return losses[0], inputs
+
+        jax.eval_shape(
+            lambda s: jax.vmap(one, in_axes=(None, 0, 0, 0, None, None))(None, x, y, keys, s, True),
+            state,
+        )
+        for c in calls:
+            if c.out.shape[0] != 1:
+                raise Unsupported(f"layer {c.path}: leading axis {c.out.shape[0]} != 1 example.")
+
+        def forward(zs, state):
+            return jax.vmap(one, in_axes=(0, 0, 0, 0, None, None))(zs, x, y, keys, state, False)
+
+        zeros = [jnp.zeros((b, *c.out.shape), c.out.dtype) for c in calls]
+        losses, backward, inputs = jax.vjp(forward, zeros, state, has_aux=True)
+        grads_out, _ = backward(jnp.ones_like(losses))
+        operands = [
+            (call, (a.reshape(b, *a.shape[2:]), jnp.zeros(k.shape, k.dtype)))
+            for call, a, k in zip(calls, inputs, kernels, strict=True)
+        ]
+        return operands, [d.reshape(b, *d.shape[2:]) for d in grads_out], losses
+
+    def clipped_grad(params, x, y, weights_fn, state=None, keys=None):
+        b = x.shape[0]
+        if keys is None:
+            operands, grads_out, losses = batched_forward(params, state, x, y)
+        else:
+            operands, grads_out, losses = per_example_forward(params, state, x, y, keys)
 
         # Norms and sums in full float32 precision on every backend (no TF32 on GPU): the
         # clip bound holds only if each norm matches the gradient it scales to rounding.
         with jax.default_matmul_precision("highest"):
             sq = jnp.zeros(b, jnp.float32)
             layers = []
-            for call, (a, kernel), d in zip(calls, operands, grads_out):
+            for (call, (a, kernel)), d in zip(operands, grads_out, strict=True):
                 bias = jnp.sum(d.reshape(b, -1, d.shape[-1]), axis=1) if call.use_bias else None
                 if _use_ghost(norm_rule, *_geometry(d, kernel.shape)):
                     sq += _ghost_sq_norms(call, a, d, kernel.shape)

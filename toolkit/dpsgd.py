@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 from toolkit import clipping as clip_lib
+from toolkit import randomness
 from toolkit.augment import Augmult
 from toolkit.per_example import IMPLEMENTATIONS, ClippedGradFn, LossFn, clipped_grad
 from toolkit.privatizer import gaussian_privatizer
@@ -97,14 +98,17 @@ def make_accumulate(
     loss_fn: LossFn | None = None,
     augment: Augmult | None = None,
 ) -> Callable:
-    """Jitted `accumulate(params, acc, images, labels, idx, mask, state=None, rng=None)`.
+    """Jitted `accumulate(params, acc, images, labels, idx, mask, state=None, stream=None,
+    step=None, ids=None)`.
 
     Returns `(acc, norms, losses)`. Gathers the micro-batch `images[idx]` on device,
     clips its per-example gradients (`toolkit.per_example`; `implementation` as there)
     and adds their masked sum to `acc`. The pre-clip norms and losses are for the
     metrics only (padded rows are junk: use `mask`; a non-finite norm means that
-    example's gradient was dropped, see `toolkit.clipping`). `state` and `rng` are the
-    model's non-Param state and the integers folded into its PRNG keys.
+    example's gradient was dropped, see `toolkit.clipping`). `state` is the model's
+    non-Param state; `stream` (`toolkit.randomness.example_stream`), `step` and `ids` (every
+    training example's identity, `toolkit.randomness.example_ids`) give each example its
+    own key (needed by models that draw randomness).
 
     Inputs sharded over the batch axis (`jax.sharding`) shard the per-example
     work; the sum comes back replicated.
@@ -120,8 +124,10 @@ def make_accumulate_fn(clip: ClippedGradFn) -> Callable:
     """`make_accumulate` for an already built `ClippedGradFn`."""
 
     @jax.jit
-    def accumulate(params, acc, images, labels, idx, mask, state=None, rng=None):
-        summed, norms, losses = clip(params, state, images[idx], labels[idx], mask, rng)
+    def accumulate(params, acc, images, labels, idx, mask, state=None, stream=None, step=None,
+                   ids=None):  # fmt: skip
+        keys = None if stream is None else randomness.example_keys(stream, step, ids[idx])
+        summed, norms, losses = clip(params, state, images[idx], labels[idx], mask, keys)
         return jax.tree.map(jnp.add, acc, summed), norms, losses
 
     return accumulate

@@ -4,8 +4,9 @@ Per step t: the sampler draws the batch of step t (a function of (seed, t)), `se
 may drop indices (the audit's excluded canaries), the batch is cut into fixed-shape
 micro-batches whose clipped sums are accumulated by a Python loop over the jitted
 `accumulate`, and the privatized optimizer (noise on the sum, / B, step) is applied
-once. The model's PRNG keys are folded with (t, micro-batch), the noise key with t, so
-a resumed run is bit for bit an uninterrupted one.
+once. Each example's randomness is keyed by (secret stream, t, the example's identity)
+(`toolkit.randomness`), the noise by (noise key, t), so a resumed run is bit for bit an
+uninterrupted one, and no example's randomness depends on its row or micro-batch.
 
 Per epoch: an `EpochRecord` with the training statistics and eps, plus what each
 metric hook returns (`toolkit.metrics`; a hook is any `f(EpochContext) -> dict`), then
@@ -72,6 +73,10 @@ class Loop:
 
     graphdef: nnx.GraphDef
     state: Any  # the model's non-Param state, passed through unchanged
+    # Secret: every example's key derives from it (`toolkit.randomness`); None for a model
+    # that draws no randomness.
+    example_stream: jax.Array | None
+    example_ids: jax.Array | None  # (N, 2) uint32: each training example's identity
     clip: cg.ClippedGradFn  # `.checked` already: implementation is bookkeeping or vmap
     accumulate: Callable
     update: Callable
@@ -106,12 +111,12 @@ class Loop:
             idx = self.select(idx)
         acc = jax.tree.map(jnp.zeros_like, params) if zeros is None else zeros
         norms, masks, losses = [], [], []
-        for chunk, (chunk_idx, chunk_mask) in enumerate(pad_chunks(idx, self.physical)):
+        for chunk_idx, chunk_mask in pad_chunks(idx, self.physical):
             batch = self.devices.shard_batch((chunk_idx, chunk_mask))
-            rng = np.array([step, chunk], np.uint32)
             acc, n, loss = self.accumulate(
-                params, acc, self.train_x, self.train_y, *batch, self.state, rng
-            )
+                params, acc, self.train_x, self.train_y, *batch, self.state,
+                self.example_stream, np.uint32(step), self.example_ids,
+            )  # fmt: skip
             norms.append(n)
             masks.append(chunk_mask)
             losses.append(loss)
@@ -170,7 +175,8 @@ class Loop:
                 if not finite:
                     raise TrainingDiverged(
                         f"training diverged in epoch {epoch + 1}: the parameters or the train "
-                        f"loss of every example are not finite{self.lr_hint}."
+                        f"loss of every example are not finite (when a run stops depends on the "
+                        f"private data: not covered by eps){self.lr_hint}."
                     )
                 ctx = EpochContext(
                     epoch + 1, (epoch + 1) * spe, self.graphdef, params, self.state,

@@ -19,10 +19,12 @@ Two implementations give the same sum to float32 rounding:
 on real examples, vmap otherwise.
 
 Models with state besides `nnx.Param` work: the state is passed through unchanged and
-never trained. PRNG keys in it (nnx.Dropout's stream) are folded with the `rng` data of
-each call, and under vmap also with the example's row, so masks differ between steps and
-examples and are a function of (model key, step, micro-batch) only. A layer that mixes the
-examples of a batch (BatchNorm) has no per-example gradient: `check_model` refuses it.
+never trained. Each example's randomness (the PRNG keys in the state, such as
+nnx.Dropout's stream, and augmult's views) is drawn from the example's own key, given as
+`keys` (`toolkit.randomness`: the run's secret key, the step and the example's identity,
+a hash of its bytes), on both paths: never from its row. A model that mixes the examples
+of a batch has no per-example gradient: `check_model` refuses BatchNorm, and `checked`
+refuses any model whose rows interact in training mode.
 
 Compare `jax_privacy.clipped_grad` (a loss of (params, batch) -> clipped mean or sum)
 and Opacus' `GradSampleModule`.
@@ -40,7 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from toolkit import bookkeeping
+from toolkit import bookkeeping, independence, randomness
 from toolkit import clipping as clip_lib
 from toolkit.augment import Augmult
 from toolkit.errors import ToolkitError
@@ -86,42 +88,29 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     return nnx.split(model, nnx.Param, ...)
 
 
-def _fold(state: Any, data: jax.Array | None) -> Any:
-    """Fold `data` (integers) into every PRNG key in `state`; other leaves unchanged."""
-    if data is None or state is None:
-        return state
-
-    def fold(x):
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            for d in jnp.atleast_1d(data):
-                x = jax.random.fold_in(x, d)
-        return x
-
-    return jax.tree.map(fold, state)
-
-
-def merge(graphdef: nnx.GraphDef, params: Any, state: Any = None, rng: Any = None) -> nnx.Module:
-    """The model with `params` and `state` (its PRNG keys folded with `rng`, if given)."""
-    state = _fold(state, rng)
+def merge(graphdef: nnx.GraphDef, params: Any, state: Any = None, key: Any = None) -> nnx.Module:
+    """The model with `params` and `state` (its PRNG keys folded with the example `key`)."""
+    state = randomness.fold_state(state, key)
     return nnx.merge(graphdef, params, *([] if state is None else [state]))
 
 
 def per_example_loss_fn(
     graphdef: nnx.GraphDef, loss_fn: LossFn | None = None, augment: Augmult | None = None
 ) -> Callable:
-    """`loss(params, x, y, state=None, rng=None)` for ONE example (x without batch axis).
+    """`loss(params, x, y, state=None, key=None)` for ONE example (x without batch axis).
 
+    `key` is the example's own key (`toolkit.randomness`): its model randomness and views.
     With `augment`, the mean loss over the example's K views (`toolkit.augment`).
     """
     loss_fn = loss_fn or softmax_cross_entropy
 
-    def loss(params, x: jax.Array, y: jax.Array, state=None, rng=None) -> jax.Array:
+    def loss(params, x: jax.Array, y: jax.Array, state=None, key=None) -> jax.Array:
         if augment is None:
-            outputs = merge(graphdef, params, state, rng)(x[None])
+            outputs = merge(graphdef, params, state, key)(x[None])
             return loss_fn(outputs, y[None])[0]
-        data = jnp.zeros((0,), jnp.uint32) if rng is None else rng
-        views = augment.views(x, data)
-        outputs = merge(graphdef, params, state, rng)(views)
+        if key is None:
+            raise ToolkitError("augmentation multiplicity needs each example's key (keys=).")
+        outputs = merge(graphdef, params, state, key)(augment.views(x, key))
         return jnp.mean(loss_fn(outputs, jnp.repeat(y[None], augment.k, axis=0)))
 
     return loss
@@ -130,34 +119,30 @@ def per_example_loss_fn(
 def per_example_grads_fn(
     graphdef: nnx.GraphDef, loss_fn: LossFn | None = None, augment: Augmult | None = None
 ) -> Callable:
-    """`(params, x, y, state=None, rng=None) -> (losses, grads)` per example, by jax.vmap.
+    """`(params, x, y, state=None, keys=None) -> (losses, grads)` per example, by jax.vmap.
 
-    The reference path. Example i's PRNG keys are folded with `rng` and then with i; so
-    are its augmented views' (`augment`: one gradient per example, the mean over views).
+    The reference path. Example i's randomness (its PRNG keys, its augmented views) comes
+    from `keys[i]` alone (`augment`: one gradient per example, the mean over its views).
     """
     one = jax.value_and_grad(per_example_loss_fn(graphdef, loss_fn, augment))
 
-    def grads(params, x, y, state=None, rng=None):
-        rows = jnp.arange(x.shape[0], dtype=jnp.uint32)
-        if rng is None:
-            rng = jnp.zeros((0,), jnp.uint32)
-
-        def row(xi, yi, i):
-            data = jnp.concatenate([jnp.atleast_1d(rng).astype(jnp.uint32), i[None]])
-            return one(params, xi, yi, state, data)
-
-        return jax.vmap(row)(x, y, rows)
+    def grads(params, x, y, state=None, keys=None):
+        if keys is None:
+            return jax.vmap(lambda xi, yi: one(params, xi, yi, state))(x, y)
+        return jax.vmap(lambda xi, yi, ki: one(params, xi, yi, state, ki))(x, y, keys)
 
     return grads
 
 
 @dataclasses.dataclass(frozen=True)
 class ClippedGradFn:
-    """`fn(params, state, x, y, mask=None, rng=None) -> ClippedGrad`, traceable (jit it).
+    """`fn(params, state, x, y, mask=None, keys=None) -> ClippedGrad`, traceable (jit it).
 
     Build with `clipped_grad`. `state` is the non-Param state from `split_model` (None or
-    empty for a model without any); `rng` (integers, e.g. [step, chunk]) is folded into
-    its PRNG keys; `mask` (B,) bool marks real rows (padding rows contribute zeros).
+    empty for a model without any); `keys` (B,) are the examples' own PRNG keys
+    (`toolkit.randomness.example_keys`), required when the model draws randomness (PRNG
+    keys in its state) or with `augment`; `mask` (B,) bool marks real rows (padding rows
+    contribute zeros).
     """
 
     graphdef: nnx.GraphDef
@@ -180,7 +165,15 @@ class ClippedGradFn:
         )
         return factors if mask is None else jnp.where(mask, factors, 0.0)
 
-    def __call__(self, params, state, x, y, mask=None, rng=None) -> ClippedGrad:
+    def __call__(self, params, state, x, y, mask=None, keys=None) -> ClippedGrad:
+        random_state = randomness.has_keys(state)
+        if keys is None and (random_state or self.augment is not None):
+            raise ToolkitError(
+                "this model draws randomness (PRNG keys in its state, or augmult views): "
+                "pass keys=, one key per example (toolkit.randomness.example_keys), so that "
+                "each example's randomness is keyed by the example, not by its row."
+            )
+
         def weights_fn(norms):
             return self.weights(norms, mask)
 
@@ -189,28 +182,75 @@ class ClippedGradFn:
                 self.graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule
             )
             try:  # decided once, while tracing
-                out = ClippedGrad(*fast(params, x, y, weights_fn, state=_fold(state, rng)))
-                return _checked_shapes(out, x)
+                out = fast(params, x, y, weights_fn, state, keys if random_state else None)
+                return _checked_shapes(ClippedGrad(*out), x)
             except bookkeeping.Unsupported:
                 if self.implementation == "bookkeeping":
                     raise
         grads_fn = per_example_grads_fn(self.graphdef, self.loss_fn, self.augment)
-        losses, grads = grads_fn(params, x, y, state, rng)
+        losses, grads = grads_fn(params, x, y, state, keys)
         norms = clip_lib.per_example_norms(grads)
         out = ClippedGrad(clip_lib.clipped_sum(grads, weights_fn(norms)), norms, losses)
         return _checked_shapes(out, x)
 
-    def checked(self, params, state, x: jax.Array, y: jax.Array) -> ClippedGradFn:
+    def checked(self, params, state, x: jax.Array, y: jax.Array, *, rows: int = 8) -> ClippedGradFn:
         """This function with `implementation` fixed to the path that is right for the model.
 
-        Book-keeping assumes what it cannot check while tracing: examples do not interact
-        inside the model or the loss, and each kernel is used only by its own layer. So
-        besides its trace-time checks, it must give the reference (vmap) per-example norms
-        on the first 3 examples of `x`. `auto` falls back to vmap when it does not; an
-        explicit `bookkeeping` raises ToolkitError. Run once, before training. Models with
-        PRNG state are compared in evaluation mode (`model.eval()`: dropout off).
+        Run once, before training, on real examples: the first `rows` of `x` (the loop
+        passes its micro-batch size, so the checks see the batch shape training runs)
+        and the `rows` after them (`toolkit.independence`). Three checks:
+
+        1. The model as written, in training mode, one forward pass per batch: every
+           row's loss, and example 0's gradient, must not change when the other half of
+           the batch is replaced by other examples or by copies of example 0 (the padding
+           rows). A model whose rows interact (batch statistics in training mode) is
+           refused, naming the innermost layer that mixes them
+           (`toolkit.independence.rows_interact`).
+        2. Book-keeping assumes what it cannot check while tracing (each kernel used only by
+           its own layer), so, in evaluation mode, it must give the reference (vmap)
+           per-example norms on 3 examples; `auto` falls back to vmap when it does not, an
+           explicit `bookkeeping` is refused.
+        3. The chosen path in training mode, with the examples' own keys, no clipping:
+           every example's gradient norm and loss must not change with its row or with the
+           other examples, and the clipped sum must not change when the batch is reversed
+           or when the rows outside a kept half are replaced
+           (`toolkit.independence.keyed_by_example`). This is what the sensitivity bound
+           needs of the implementation. `auto` falls back to vmap when book-keeping fails.
+
+        What they cannot prove: they test 2 x `rows` examples and one draw of the keys,
+        not every input; a model that mixes rows only for some inputs or batch sizes, or
+        through randomness not held as typed PRNG keys in its state, can pass. The
+        neighbour test of the suite (`tests/test_neighbours.py`) exercises the same
+        property end to end.
         """
         _check_loss_shape(self, params, state, x[:3], y[:3])
+        culprit = independence.rows_interact(
+            self.graphdef, self.loss_fn, params, state, x, y, rows=rows
+        )
+        if culprit is not None:
+            raise ToolkitError(
+                f"{culprit} mixes the examples of a batch in training mode (an example's "
+                "loss or gradient changes when the other rows change), so no per-example "
+                "gradient, "
+                "and no per-example privacy, exists; use per-example layers (LayerNorm, "
+                "GroupNorm) instead of batch statistics."
+            )
+        chosen = self._choose(params, state, x, y)
+        if not independence.keyed_by_example(chosen, params, state, x, y, rows=rows):
+            if self.implementation == "auto" and chosen.implementation == "bookkeeping":
+                chosen = dataclasses.replace(self, implementation="vmap")
+                if independence.keyed_by_example(chosen, params, state, x, y, rows=rows):
+                    return chosen
+            raise ToolkitError(
+                f"per_example={chosen.implementation!r}: an example's gradient "
+                "changes with its row or with the other examples of its batch in training "
+                "mode, which breaks the sensitivity bound; this model cannot be trained with "
+                "DP-SGD here."
+            )
+        return chosen
+
+    def _choose(self, params, state, x, y) -> ClippedGradFn:
+        """Check 2 of `checked`: book-keeping against vmap, in evaluation mode."""
         if self.implementation == "vmap":
             return self
         if self.augment is not None:  # book-keeping has no per-example groups of rows

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from toolkit import dpsgd, metrics, rundir
+from toolkit import dpsgd, metrics, rundir, sampling
 from toolkit.api import FitResult, build_loop, final_epsilon, summarize
 from toolkit.augment import Augmult
 from toolkit.config import TrainConfig, resolve, validate
@@ -92,7 +92,7 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
         if cfg.ema_decay is not None:
             hooks.insert(1, metrics.evaluation(held_out, prefix=prefix, averaged=True))
     kept = f"; the checkpoint of the last finished epoch is kept in {out}" if out else ""
-    steps_per_epoch = n // cfg.batch_size
+    steps_per_epoch = sampling.steps_per_epoch(n, cfg.batch_size)  # as the loop runs them
     optimizer = dpsgd.make_optimizer(
         cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, schedule=cfg.lr_schedule,
         warmup_steps=cfg.warmup_epochs * steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch,
@@ -106,7 +106,7 @@ def setup(cfg: TrainConfig, data: Dataset, *, out: Path | None = None, select=No
         per_example=cfg.per_example, max_physical_batch=cfg.max_physical_batch,
         metric_hooks=hooks, select=select, lr_hint=f" (lr={cfg.lr} may be too large){kept}",
         ema_decay=cfg.ema_decay,
-        augment=Augmult(cfg.augmult, seed=cfg.seed) if cfg.augmult else None,
+        augment=Augmult(cfg.augmult) if cfg.augmult else None,
     )  # fmt: skip
 
 
