@@ -27,7 +27,7 @@ from scipy.special import expit, softmax
 from analysis.losses import binary_loss, multiclass_loss
 from analysis.precision import EPS, float64
 from analysis.result import CheckResult
-from toolkit.activations import tempered_sigmoid
+from toolkit.nn import tempered_sigmoid
 
 # (s, T, o) triplets for the range and derivative checks: the paper's tanh, the
 # average best triplets it reports for MNIST / FashionMNIST / CIFAR10, and

@@ -12,8 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from toolkit import outputs
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError, outputs
 
 _DEFAULT_T = "0.5,1,2,4,8"
 _DEFAULT_C = "0.1,0.5,1,2"
@@ -81,3 +80,8 @@ def bound_check(
         raise typer.Exit(2) from None
     if not result.passed:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bound-check` to the `toolkit` app (entry point group "toolkit.commands")."""
+    app.command("bound-check")(bound_check)

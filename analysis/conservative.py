@@ -30,7 +30,7 @@ from scipy.special import expit
 from analysis.losses import binary_loss, huberised_binary_loss, multiclass_loss
 from analysis.precision import EPS, float64
 from analysis.result import CheckResult
-from toolkit.clipping import clip_factors
+from toolkit.grads import clip_factors
 
 # Binary: J against the hand-derived Hessian of L_hat, and its asymmetry, are
 # round-off: each entry is a sum of n products, so the error is <= ~n eps ||J||;

@@ -1,6 +1,6 @@
 """Per-layer, per-example gradient-norm bounds for the paper's MNIST CNN (issue 11, part 6).
 
-The network (`toolkit.models.MnistCNN`, Table 1), for one example x (28x28x1, pixels/255):
+The network (`toolkit.nn._models.MnistCNN`, Table 1), for one example x (28x28x1, pixels/255):
 
     u1 = conv1(x)      8x8/2 SAME, 16 ch.     a1 = phi(u1) 14x14x16   p1 = maxpool(a1) 13x13x16
     u2 = conv2(p1)     4x4/2 VALID, 32 ch.    a2 = phi(u2)  5x5x32    h = flat(maxpool(a2)) 512
@@ -64,8 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toolkit import per_example as cg
-from toolkit.activations import ActivationSpec
+from toolkit import grads as cg
+from toolkit.nn import ActivationSpec
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
 E4 = math.sqrt(2.0)  # ||p - e_y|| <= sqrt(2): the tight multiclass constant

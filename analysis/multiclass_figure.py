@@ -26,7 +26,7 @@ from analysis import theorem1
 from analysis.datasets import make_datasets
 from analysis.precision import EPS
 from analysis.result import json_safe
-from toolkit.io import atomic_write_bytes
+from toolkit.base import atomic_write_bytes
 
 TEMPERATURES = (0.5, 1.0, 2.0, 4.0, 8.0)
 CLIP_NORMS = (0.1, 0.5, 1.0, 2.0)

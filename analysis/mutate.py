@@ -104,7 +104,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "clip-eps",
         "clip rule",
-        "toolkit/clipping.py",
+        "toolkit/grads/clipping.py",
         "factors = jnp.where(norms > clip_norm, clip_norm / norms, 1.0)",
         "factors = jnp.where(norms > clip_norm, clip_norm / (norms + 1e-6), 1.0)",
         "a 'stabilising' epsilon in the clip factor",
@@ -153,7 +153,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sigmoid-offset",
         "tempered sigmoid offset",
-        "toolkit/activations.py",
+        "toolkit/nn/_activations.py",
         "return scale * jax.nn.sigmoid(inverse_temp * x) - offset",
         "return scale * jax.nn.sigmoid(inverse_temp * x - offset)",
         "offset inside the sigmoid instead of after it",

@@ -54,7 +54,7 @@ Clipping makes the surrogate C-Lipschitz, so the rate applies to L_hat with
 L = C, D = 2R, and the clipping bias adds on top. The O() hides constants; we
 draw `bst_scale` = C 2R sqrt(d log(1/delta)) / (n eps) (constant 1, log^{3/2}
 factor dropped) as a reference scale, not as a bound, with eps from
-`toolkit.accounting.epsilon` (accountant "rdp") for (sigma, q, K, delta).
+`toolkit.privacy.accounting.epsilon` (accountant "rdp") for (sigma, q, K, delta).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ from analysis.datasets import Dataset, make_datasets
 from analysis.losses import binary_loss
 from analysis.precision import EPS, float64
 from analysis.result import CheckResult
-from toolkit import accounting
-from toolkit.clipping import clip_factors
+from toolkit.grads import clip_factors
+from toolkit.privacy import accounting
 
 # Normal quantile of a two-sided 95% confidence interval.
 Z95 = 1.959963984540054
@@ -122,7 +122,7 @@ def _clipped_coefficients(margin, y, rho, inverse_temp, clip_norm):
     """Per-example clipped gradients as scalars a_i with grad_i = a_i z_i (eq. 4, factored).
 
     grad l_i = -T y_i sigmoid(-T m_i) z_i has norm T ||z_i|| sigmoid(-T m_i); the flat
-    clip rule (`toolkit.clipping.clip_factors`) scales it by C / norm when norm > C.
+    clip rule (`toolkit.grads.clipping.clip_factors`) scales it by C / norm when norm > C.
     `clip_norm` broadcasts against `margin` (..., n).
     """
     coef = -inverse_temp * y * expit(-inverse_temp * margin)
@@ -218,7 +218,7 @@ def second_moment_bound(setting: NoisySetting, *, n: int, dim: int, clip_norm: f
 
 
 def epsilon_of(setting: NoisySetting, *, delta: float = DELTA) -> float:
-    """eps of K Poisson-subsampled Gaussian steps, `toolkit.accounting` "rdp"."""
+    """eps of K Poisson-subsampled Gaussian steps, `toolkit.privacy.accounting` "rdp"."""
     return accounting.epsilon(
         accountant="rdp",
         noise_multiplier=setting.noise_multiplier,
@@ -434,7 +434,7 @@ def check_field_vs_autodiff(
     """The noiseless full-batch g_k against mean_i clip_factors(jax.grad(l_i)) (toolkit rule).
 
     Two independent paths to the mean clipped gradient: the factored numpy form used by
-    the runs, and autodiff of `analysis.losses.binary_loss` with `toolkit.clipping`.
+    the runs, and autodiff of `analysis.losses.binary_loss` with `toolkit.grads.clipping`.
     Means of n terms of size <= T: agreement to 1e-13 T is float64 rounding.
     """
     rng = np.random.default_rng([seed, 14])

@@ -26,7 +26,7 @@ from analysis import noisy
 from analysis.datasets import make_datasets
 from analysis.precision import float64
 from analysis.result import json_safe
-from toolkit.io import atomic_write_bytes
+from toolkit.base import atomic_write_bytes
 
 
 @dataclasses.dataclass(frozen=True)

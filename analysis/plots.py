@@ -20,8 +20,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from analysis import solvers
 from analysis.suite import SuiteResult
 from analysis.tightness import describe_witness, witness_dataset
-from toolkit.io import atomic_write_bytes
-from toolkit.outputs import file_set
+from toolkit.base import atomic_write_bytes
+from toolkit.base.outputs import file_set
 
 
 def figure_paths(path: str | os.PathLike) -> list[Path]:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from analysis.result import json_safe
 from analysis.suite import SuiteResult
-from toolkit.io import atomic_write_json
+from toolkit.base import atomic_write_json
 
 
 def _number(x: float) -> str:

@@ -10,7 +10,7 @@ gradient of the huberised surrogate `analysis.losses.huberised_binary_loss`, so
 the fixed point of clipped projected GD is that surrogate's minimiser.
 
 1. `projected_gd` (JAX, autodiff): full-batch projected GD with per-example
-   clipping through `toolkit.clipping.clip_factors` (the rule DP-SGD uses),
+   clipping through `toolkit.grads.clipping.clip_factors` (the rule DP-SGD uses),
    step 1/L with L = (T^2/4) lambda_max(Z^T Z / n), which bounds the Hessian of
    both L_T and its surrogate. It stops on a certificate, not an iteration
    count: the projected-gradient mapping G(y) = (y - y+) / eta, y+ = P(y - eta F(y)),
@@ -44,7 +44,7 @@ from scipy.special import expit
 
 from analysis.losses import binary_loss
 from analysis.precision import EPS, float64
-from toolkit.clipping import clip_factors
+from toolkit.grads import clip_factors
 
 # A run that has not met its certificate after this many steps is reported as
 # uncertified (and fails its check) rather than silently accepted.

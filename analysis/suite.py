@@ -30,7 +30,7 @@ from analysis import (
 )
 from analysis.datasets import make_datasets
 from analysis.result import CheckResult
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError
 
 # Certificate for every projected-GD solve: ||G(theta)|| <= PGD_TOL, hence a
 # suboptimality <= 2 R PGD_TOL.

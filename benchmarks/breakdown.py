@@ -31,9 +31,9 @@ def _functions(dataset: str, batch: int):
     import optax
     from flax import nnx
 
-    from toolkit import bookkeeping, clipping
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
+    from toolkit.grads import _bookkeeping as bookkeeping
+    from toolkit.grads import _clipping as clipping
+    from toolkit.nn import ActivationSpec, build_model
 
     graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)
     shape = (28, 28, 1) if dataset == "mnist" else (32, 32, 3)
@@ -75,9 +75,8 @@ def _layers(dataset: str) -> list[tuple[str, int, int, int, bool]]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from toolkit import bookkeeping
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
+    from toolkit.grads import _bookkeeping as bookkeeping
+    from toolkit.nn import ActivationSpec, build_model
 
     model = build_model(dataset, ActivationSpec("tanh"), seed=0)
     shape = (1, 28, 28, 1) if dataset == "mnist" else (1, 32, 32, 3)

@@ -16,7 +16,7 @@
   what TF32 would have done.
 - sharding: the accumulate step the loop runs, with the micro-batch's indices and mask
   placed on a `NamedSharding` over a mesh of the local devices (one GPU: a 1-device
-  mesh, the path `toolkit.parallel` takes with several), against unsharded inputs.
+  mesh, the path `toolkit.training._parallel` takes with several), against unsharded inputs.
 
 Each check prints one line and the JSON holds the numbers; exit 1 if any fails.
 """
@@ -65,7 +65,7 @@ def _installed_version(dist: str) -> str:
 
 def stage(args) -> None:
     """Wheels the GPU image lacks and the Fashion-MNIST IDX files, under `args.dest`."""
-    from toolkit import datafiles
+    from toolkit.data import _files as datafiles
 
     wheels = args.dest / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -171,9 +171,8 @@ def _problem(dataset: str, batch: int):
     import jax.numpy as jnp
     import numpy as np
 
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
-    from toolkit.per_example import split_model
+    from toolkit.grads import split_model
+    from toolkit.nn import ActivationSpec, build_model
 
     graphdef, params, state = split_model(build_model(dataset, ActivationSpec("tanh"), seed=0))
     shape = (28, 28, 1) if dataset == "mnist" else (32, 32, 3)
@@ -206,7 +205,7 @@ def precision_check(dataset: str, batch: int, clip_norm: float = 0.1) -> dict:
     import jax
     import numpy as np
 
-    from toolkit import per_example
+    from toolkit.grads import _per_example as per_example
 
     graphdef, params, state, x, y = _problem(dataset, batch)
     fast = per_example.clipped_grad(graphdef, clip_norm=clip_norm, implementation="bookkeeping")
@@ -252,7 +251,7 @@ def sharding_check(dataset: str, batch: int) -> dict:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from toolkit import dpsgd
+    from toolkit.training import _dpsgd as dpsgd
 
     graphdef, params, _, x, y = _problem(dataset, batch)
     mech = dpsgd.Mechanism(clip_norm=0.1, noise_multiplier=1.0)
@@ -308,7 +307,7 @@ def _read_json(path: Path):
 
 def summary(args) -> None:
     """`summary.md` and `summary.json` from what the steps left in `args.out`."""
-    from toolkit import rundir
+    from toolkit.runs import rundir
 
     out = args.out
     steps = []

@@ -32,7 +32,7 @@ from pathlib import Path
 
 # glibc returns freed blocks >= 32 MiB to the OS, so XLA's per-step buffers are
 # page-faulted in afresh every step; `toolkit train` sets these to keep them in the heap.
-from toolkit.launch import TUNED_MALLOC
+from toolkit.cli import TUNED_MALLOC
 
 HERE = Path(__file__).resolve().parent
 CLIP_NORM, NOISE_MULTIPLIER, LR = 0.1, 1.0, 0.05
@@ -53,9 +53,8 @@ def jax_steps(dataset: str, batch: int) -> tuple[dict[str, Callable[[], object]]
     import optax
     from flax import nnx
 
-    from toolkit import dpsgd
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
+    from toolkit.nn import ActivationSpec, build_model
+    from toolkit.training import _dpsgd as dpsgd
 
     graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)
     shape = (28, 28, 1) if dataset == "mnist" else (32, 32, 3)
@@ -81,7 +80,7 @@ def jax_steps(dataset: str, batch: int) -> tuple[dict[str, Callable[[], object]]
         mech = dpsgd.Mechanism(
             clipping=clipping, clip_norm=CLIP_NORM, noise_multiplier=NOISE_MULTIPLIER
         )
-        # The functions toolkit.loop runs: accumulate, then the privatized optimizer.
+        # The functions toolkit.training._loop runs: accumulate, then the privatized optimizer.
         acc = dpsgd.make_accumulate(graphdef, mech, implementation=impl)
         tx = mech.privatized(opt, expected_batch_size=float(batch), key=key)
         update, tx_state = dpsgd.make_update(tx), tx.init(params)
@@ -205,9 +204,8 @@ def memory_worker(args) -> None:
     import optax
     from flax import nnx
 
-    from toolkit import dpsgd
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
+    from toolkit.nn import ActivationSpec, build_model
+    from toolkit.training import _dpsgd as dpsgd
 
     logical, micro, impl = args.logical, args.micro, args.impl
     graphdef, params = nnx.split(build_model("cifar10", ActivationSpec("tanh"), seed=0), nnx.Param)

@@ -1,7 +1,7 @@
 """The paper's CNNs in PyTorch, and their plain and Opacus DP-SGD steps (benchmark only).
 
 Optional: needs `pip install -e '.[bench]'` (torch 2.13 CPU, opacus). Same layers, shapes
-and activation (tanh) as toolkit.models; PyTorch pads explicitly where Keras says SAME.
+and activation (tanh) as toolkit.nn._models; PyTorch pads explicitly where Keras says SAME.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 
 def mnist_cnn() -> nn.Module:
-    """Table 1: 26,010 parameters (same as toolkit.models.MnistCNN)."""
+    """Table 1: 26,010 parameters (same as toolkit.nn._models.MnistCNN)."""
     return nn.Sequential(
         nn.ZeroPad2d(3),
         nn.Conv2d(1, 16, 8, stride=2),
@@ -36,7 +36,7 @@ class _SpatialMean(nn.Module):
 
 
 def cifar10_cnn() -> nn.Module:
-    """Table 2: 605,226 parameters (same as toolkit.models.Cifar10CNN)."""
+    """Table 2: 605,226 parameters (same as toolkit.nn._models.Cifar10CNN)."""
     widths = [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128), (128, 256)]
     layers: list[nn.Module] = []
     for i, (cin, cout) in enumerate(widths):

@@ -2,7 +2,7 @@
 
     python examples/preclip_norms.py --limit 2048 --epochs 2
 
-`toolkit.per_example` gives, for one batch, the clipped sum, every example's pre-clip
+`toolkit.grads._per_example` gives, for one batch, the clipped sum, every example's pre-clip
 gradient norm and loss; the fraction of norms above C is how much clipping biases the
 step (Theorem 1 is about exactly this). Then a few DP-SGD steps from the pieces:
 `gaussian_privatizer` chained before an optax optimizer, Poisson batches, and
@@ -17,10 +17,9 @@ import numpy as np
 import optax
 
 import toolkit
-from toolkit.activations import ActivationSpec
 from toolkit.data import load_dataset, to_float
-from toolkit.models import build_model
-from toolkit.sampling import PoissonSampler
+from toolkit.nn import ActivationSpec, build_model
+from toolkit.privacy import PoissonSampler
 
 
 def main() -> None:

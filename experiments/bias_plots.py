@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib import pyplot as plt
 
-from toolkit.bias import RunBias
-from toolkit.plotting import PAPER_RC, save_figure
+from toolkit.base.plotting import PAPER_RC, save_figure
+from toolkit.studies import RunBias
 
 _PANELS = (
     ("cosine", "cos(mean clipped grad, mean grad)"),

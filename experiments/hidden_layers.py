@@ -23,11 +23,12 @@ from flax import nnx
 from matplotlib import pyplot as plt
 
 from analysis import hidden
-from toolkit import api, train
-from toolkit.bias import DIAGNOSTIC_LABEL, check_run
+from toolkit.base import atomic_write_json
+from toolkit.base.plotting import PAPER_RC, save_figure
 from toolkit.data import to_float
-from toolkit.io import atomic_write_json
-from toolkit.plotting import PAPER_RC, save_figure
+from toolkit.studies import DIAGNOSTIC_LABEL, check_run
+from toolkit.training import _fit as api
+from toolkit.training import _train as train
 
 
 @dataclasses.dataclass(frozen=True)

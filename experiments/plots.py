@@ -41,9 +41,9 @@ from experiments.records import (
     with_epsilon,
     with_metric,
 )
-from toolkit.errors import ToolkitError
-from toolkit.plotting import PAPER_RC, save_figure
-from toolkit.records import TRAINING_DIAGNOSTICS
+from toolkit.base import ToolkitError
+from toolkit.base.plotting import PAPER_RC, save_figure
+from toolkit.runs import TRAINING_DIAGNOSTICS
 
 
 def _band(values: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 A `Run` is what `toolkit train --out DIR` wrote: the resolved `TrainConfig`, one
 `EpochRecord` per epoch, and the `RunSummary` (None while the run is unfinished), all
-read through `toolkit.rundir`, the one place that knows the JSON. Runs are grouped by
+read through `toolkit.runs.rundir`, the one place that knows the JSON. Runs are grouped by
 their config minus the seed, so seeds of the same setting become one curve with a band.
 A run directory that cannot be read, or lacks what a table or figure needs (a
 --validation run has no test accuracy), is skipped with a one-line warning that names
@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments.settings import NOT_SETTINGS
-from toolkit import accounting, rundir
-from toolkit.config import TrainConfig, check_types
-from toolkit.errors import ToolkitError
-from toolkit.records import EpochRecord, RunSummary
+from toolkit.base import ToolkitError
+from toolkit.privacy import accounting
+from toolkit.runs import EpochRecord, RunSummary, TrainConfig, check_types, rundir
 
 # config.json fields every run has; fields added later (HASH_DEFAULTS) may be absent.
 _REQUIRED = {f.name for f in dataclasses.fields(TrainConfig)} - set(TrainConfig.HASH_DEFAULTS)

@@ -17,7 +17,7 @@ skipped, unfinished ones resumed from their last checkpoint, so a sweep
 restarts after a crash without redoing work.
 
 Nothing runs until the whole sweep is valid: the file's tables and keys (a misspelled
-one gets a did-you-mean), every grid point through `toolkit.config.validate` (train's
+one gets a did-you-mean), every grid point through `toolkit.runs._config.validate` (train's
 own checks of types and ranges), the root and every run directory (`plan`).
 
 Executors: `local` runs in this process (workers=1) or a spawn-based process
@@ -47,10 +47,9 @@ from typing import Any
 
 import tomllib
 
-from toolkit import rundir
-from toolkit.activations import ActivationSpec
-from toolkit.config import TrainConfig, preset, validate
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError
+from toolkit.nn import ActivationSpec
+from toolkit.runs import TrainConfig, preset, rundir, validate
 
 EXECUTORS = ("local", "ray")
 _TABLES = ("base", "grid")
@@ -129,7 +128,7 @@ def check_spec(spec: dict[str, Any]) -> None:
 def expand(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
     """(name, config) for every grid point of a parsed sweep spec, each validated.
 
-    Every point goes through `toolkit.config.validate`, train's own checks (types and
+    Every point goes through `toolkit.runs._config.validate`, train's own checks (types and
     ranges), before anything runs; the first bad point is named, with a count of the
     others. Checks that need the data (batch_size <= N) happen when the run starts.
     """
@@ -267,7 +266,7 @@ def run_one(config: dict[str, Any], out: str) -> str:
     A plain module-level function of JSON-able arguments, so process pools and
     Ray can ship it.
     """
-    from toolkit import train as train_lib
+    from toolkit.training import _train as train_lib
 
     cfg, out_path = TrainConfig.from_dict(config), Path(out)
     todo = status(out_path, cfg)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from toolkit import rundir
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError
+from toolkit.runs import rundir
 
 
 def _clock(seconds: float) -> str:

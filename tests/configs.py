@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.config import TrainConfig
+from toolkit.runs import TrainConfig
 
 
 def tiny_config(data_dir, **overrides) -> TrainConfig:

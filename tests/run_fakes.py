@@ -1,4 +1,4 @@
-"""Run directories written through `toolkit.rundir`'s own writers, without training.
+"""Run directories written through `toolkit.runs.rundir`'s own writers, without training.
 
 The readers (tables, figures) are what the tests that use these check, so the numbers
 are chosen by the test (accuracies, norms, eps), not produced by a model; every file has
@@ -11,10 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolkit import rundir
-from toolkit.activations import ActivationSpec
-from toolkit.config import TrainConfig, resolve
-from toolkit.records import EpochRecord, GradNormStats, RunSummary
+from toolkit.nn import ActivationSpec
+from toolkit.runs import EpochRecord, GradNormStats, RunSummary, TrainConfig, resolve, rundir
 
 ACCOUNTANTS = ("rdp-classic", "rdp", "pld")
 

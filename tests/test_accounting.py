@@ -1,4 +1,4 @@
-"""Tests for toolkit.accounting: published numbers, orderings, limits and epsilon curves.
+"""Tests for toolkit.privacy.accounting: published numbers, orderings, limits and epsilon curves.
 
 Independent references: the TF Privacy tutorial's published eps (rdp-classic), the
 Gaussian mechanism's closed-form RDP alpha / (2 sigma^2) converted by hand (q = 1, one
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from toolkit import accounting
-from toolkit.accounting import (
+from toolkit.base import ToolkitError
+from toolkit.privacy import accounting
+from toolkit.privacy.accounting import (
     ACCOUNTANTS,
     epsilon,
     epsilon_curve,
@@ -24,7 +25,6 @@ from toolkit.accounting import (
     sampling_prob_for,
     steps_for,
 )
-from toolkit.errors import ToolkitError
 
 N, B, DELTA = 60000, 256, 1e-5
 Q = B / N

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from toolkit.activations import ACTIVATION_NAMES, ActivationSpec, get_activation, tempered_sigmoid
+from toolkit.nn import ACTIVATION_NAMES, ActivationSpec, get_activation, tempered_sigmoid
 
 
 def test_tempered_221_is_tanh_float32():

@@ -11,7 +11,7 @@ from scipy.special import expit
 
 from analysis import bounds
 from analysis.precision import EPS, float64
-from toolkit.activations import tempered_sigmoid
+from toolkit.nn import tempered_sigmoid
 
 
 @float64

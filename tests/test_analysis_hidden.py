@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from analysis import hidden
-from toolkit.activations import ActivationSpec
-from toolkit.models import build_model
+from toolkit.nn import ActivationSpec, build_model
 
 # Per-example gradients are float32: a measured norm can exceed its exact value by ~1e-6
 # relative; the bounds are float64. 1e-5 relative slack covers the rounding, no more.

@@ -12,7 +12,7 @@ from analysis import noisy, noisy_figure, solvers
 from analysis.datasets import Dataset, make_datasets
 from analysis.losses import binary_loss
 from analysis.precision import float64
-from toolkit.clipping import clip_factors
+from toolkit.grads import clip_factors
 
 NOISY = make_datasets(n=32, dim=3, seed=0)[1]
 

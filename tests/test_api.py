@@ -23,10 +23,9 @@ import pytest
 from flax import nnx
 
 import toolkit
-from toolkit import rundir
-from toolkit.errors import ToolkitError
-from toolkit.records import AuditRecord, EpochRecord, GradNormStats, RunSummary
-from toolkit.sampling import PoissonSampler
+from toolkit.base import ToolkitError
+from toolkit.privacy import PoissonSampler
+from toolkit.runs import AuditRecord, EpochRecord, GradNormStats, RunSummary, rundir
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 N, D, K = 240, 6, 3
@@ -157,9 +156,9 @@ def test_load_run_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_load_run_rebuilds_a_toolkit_train_run(tiny_data_dir, tmp_path):
-    from toolkit.config import TrainConfig
     from toolkit.data import load_dataset, to_float
-    from toolkit.train import train
+    from toolkit.runs import TrainConfig
+    from toolkit.training import train
 
     cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), epochs=1,
                       batch_size=60, lr=0.5, clip_norm=1.0, noise_multiplier=1.0)  # fmt: skip
@@ -192,10 +191,14 @@ def test_dropout_model_trains_deterministically_and_masks_vary(tmp_path):
     graphdef, params, state = toolkit.split_model(Dropped(nnx.Rngs(params=0, dropout=1)))
     clip = toolkit.clipped_grad(graphdef, clip_norm=1.0, implementation="bookkeeping")
     x, y = map(jnp.asarray, data)
-    stream = toolkit.randomness.example_stream(jax.random.key(0))
-    ids = jnp.asarray(toolkit.randomness.example_ids(x[:8], y[:8]))
-    s0 = clip(params, state, x[:8], y[:8], keys=toolkit.randomness.example_keys(stream, 0, ids))
-    s1 = clip(params, state, x[:8], y[:8], keys=toolkit.randomness.example_keys(stream, 1, ids))
+    stream = toolkit.privacy.randomness.example_stream(jax.random.key(0))
+    ids = jnp.asarray(toolkit.privacy.randomness.example_ids(x[:8], y[:8]))
+    s0 = clip(
+        params, state, x[:8], y[:8], keys=toolkit.privacy.randomness.example_keys(stream, 0, ids)
+    )
+    s1 = clip(
+        params, state, x[:8], y[:8], keys=toolkit.privacy.randomness.example_keys(stream, 1, ids)
+    )
     assert not np.array_equal(_leaves(s0.clipped_sum)[0], _leaves(s1.clipped_sum)[0])
     with pytest.raises(ToolkitError, match="pass keys="):  # no silent row-keyed masks
         clip(params, state, x[:8], y[:8])
@@ -339,8 +342,10 @@ def test_records_round_trip_through_json():
         assert "not_covered_by_dp" not in record.metrics
         older = {k: v for k, v in rundir.record_to_json(record).items() if k != "not_covered_by_dp"}
         assert rundir.record_from_json(type(record), older, where="x") == record
-    assert all(name in flat["not_covered_by_dp"] for name in toolkit.records.TRAINING_DIAGNOSTICS)
-    with pytest.raises(toolkit.records.RecordError, match="lacks train_loss"):
+    assert all(
+        name in flat["not_covered_by_dp"] for name in toolkit.runs._records.TRAINING_DIAGNOSTICS
+    )
+    with pytest.raises(toolkit.runs._records.RecordError, match="lacks train_loss"):
         rundir.record_from_json(EpochRecord, {k: v for k, v in flat.items() if k != "train_loss"},
                                 where="x")  # fmt: skip
 

@@ -17,12 +17,14 @@ import pytest
 from scipy import special, stats
 from typer.testing import CliRunner
 
-from toolkit import accounting, audit, audit_stats, dpsgd
-from toolkit import train as train_lib
 from toolkit.cli import app
-from toolkit.config import TrainConfig
 from toolkit.data import load_dataset
-from toolkit.sampling import PoissonSampler
+from toolkit.privacy import PoissonSampler, accounting
+from toolkit.runs import TrainConfig
+from toolkit.studies import _audit as audit
+from toolkit.studies import _audit_stats as audit_stats
+from toolkit.training import _dpsgd as dpsgd
+from toolkit.training import _train as train_lib
 
 runner = CliRunner()
 CONF = 0.95

@@ -1,4 +1,4 @@
-"""`toolkit.bias` against an independent computation; `toolkit bias` end to end and bad input."""
+"""`toolkit.studies._bias` against an independent computation; `toolkit bias` end to end and bad input."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from flax import nnx
 from typer.testing import CliRunner
 
-from toolkit import bias, rundir
 from toolkit.cli import app
-from toolkit.config import TrainConfig
-from toolkit.train import train
+from toolkit.runs import TrainConfig, rundir
+from toolkit.studies import _bias as bias
+from toolkit.training import train
 
 runner = CliRunner()
 

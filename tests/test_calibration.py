@@ -1,6 +1,6 @@
-"""Tests for toolkit.calibration: the returned sigma meets the target and is minimal within
+"""Tests for toolkit.privacy._calibration: the returned sigma meets the target and is minimal within
 rtol, errors for targets outside the search range, the upward nudge after Brent's root, and
-the re-export from toolkit.accounting."""
+the re-export from toolkit.privacy.accounting."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolkit import accounting, calibration
-from toolkit.accounting import ACCOUNTANTS, epsilon
-from toolkit.calibration import calibrate_noise_multiplier
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError
+from toolkit.privacy import _calibration as calibration
+from toolkit.privacy import calibrate_noise_multiplier
+from toolkit.privacy.accounting import ACCOUNTANTS, epsilon
 
 DELTA = 1e-5
 # Small settings that keep every accountant fast (PLD cost grows as sigma shrinks).
@@ -122,16 +122,13 @@ def test_search_meets_target_and_is_minimal_on_monotone_functions(root, power, j
     assert len(calls) < 200
 
 
-def test_accounting_reexports_the_calibration_names():
-    from toolkit.accounting import NOISE_MULTIPLIER_SEARCH_RANGE
-    from toolkit.accounting import calibrate_noise_multiplier as reexported
+def test_privacy_package_exports_the_calibration_names():
+    import toolkit.privacy
 
-    assert reexported is calibrate_noise_multiplier
-    assert accounting.calibrate_noise_multiplier is calibrate_noise_multiplier
-    assert NOISE_MULTIPLIER_SEARCH_RANGE == calibration.NOISE_MULTIPLIER_SEARCH_RANGE
-    assert "calibrate_noise_multiplier" in dir(accounting)
-    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
-        accounting.nothing_here  # noqa: B018
+    assert toolkit.privacy.calibrate_noise_multiplier is calibrate_noise_multiplier
+    assert (
+        toolkit.privacy.NOISE_MULTIPLIER_SEARCH_RANGE == calibration.NOISE_MULTIPLIER_SEARCH_RANGE
+    )
 
 
 def test_docstring_example_runs():

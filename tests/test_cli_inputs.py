@@ -1,7 +1,7 @@
 """Bad input on every command (issue 13): one `error:` line, exit 2, nothing written.
 
 Each table holds malformed invocations of one category (silent flags, output paths,
-numbers); every case runs through the real entry point (`toolkit.launch.run`, the
+numbers); every case runs through the real entry point (`toolkit.cli._launch.run`, the
 parsing the `toolkit` script does) in this process, and checks:
 - exit code 2 and exactly one non-empty stderr line, starting `error:`, no traceback;
 - the filesystem under the test's directory is unchanged (nothing half-written).
@@ -22,14 +22,15 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from toolkit import config as config_lib
-from toolkit import io as io_lib
-from toolkit import launch, logs, outputs, rundir
+from toolkit.base import _io as io_lib
+from toolkit.base import _logs as logs
+from toolkit.base import outputs
+from toolkit.base.plotting import save_figure
+from toolkit.cli import _launch as launch
 from toolkit.cli import app
-from toolkit.config_file import load_settings
-from toolkit.loop import compile_time
-from toolkit.plotting import save_figure
-from toolkit.records import EpochRecord, GradNormStats
+from toolkit.runs import EpochRecord, GradNormStats, load_settings, rundir
+from toolkit.runs import _config as config_lib
+from toolkit.training import compile_time
 
 REPO = Path(__file__).resolve().parent.parent
 PRIVATE = ["--noise-multiplier", "1.0"]
@@ -210,7 +211,7 @@ if sys.argv[1] == "drop":
             sys.exit(77)
     os.execv(sys.executable, [sys.executable, "-c", CODE, "run", *sys.argv[2:]])
 from toolkit.cli import app
-from toolkit.launch import run
+from toolkit.cli import run
 results = []
 for args in json.loads(sys.argv[2]):
     err, out = io.StringIO(), io.StringIO()
@@ -450,7 +451,7 @@ def test_accounting_convergence_notes_are_hidden_and_real_warnings_shown(caplog)
     """q = 0.125, sigma = 0.5 makes dp-accounting's RDP series fail to converge for some orders."""
     from absl import logging as absl_logging
 
-    from toolkit import accounting
+    from toolkit.privacy import accounting
 
     kw = dict(noise_multiplier=0.5, sampling_prob=0.125, steps=320, delta=1e-5)
     absl = logging.getLogger("absl")
@@ -509,7 +510,7 @@ def test_cli_run_without_a_terminal(tmp_path, tiny_data_dir):
     args = ["--data-dir", tiny_data_dir, "--epochs", "2", "--batch-size", "75",
             "--limit-train", "300", "--noise-multiplier", "0", "--max-physical-batch", "80",
             "--out", out]  # fmt: skip
-    code = "import os; os.umask(0o027); from toolkit.launch import main; main()"
+    code = "import os; os.umask(0o027); from toolkit.cli._launch import main; main()"
     proc = subprocess.run(
         [sys.executable, "-c", code, "train", *map(str, args)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,

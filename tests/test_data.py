@@ -1,4 +1,4 @@
-"""Tests for toolkit.data and toolkit.datafiles: exact round trips, one-line errors for every
+"""Tests for toolkit.data._datasets and toolkit.data._files: exact round trips, one-line errors for every
 malformed file, lookup order, checksums and downloads (through file:// URLs, never the network)."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit import data, datafiles
+from toolkit.base import ToolkitError
 from toolkit.data import DATASETS, load_dataset, read_idx, to_float
-from toolkit.errors import ToolkitError
+from toolkit.data import _datasets as data
+from toolkit.data import _files as datafiles
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _SYSTEM_DIRS = datafiles._SYSTEM_DIRS

@@ -9,9 +9,11 @@ import optax
 import pytest
 from flax import nnx
 
-from toolkit import clipping, dpsgd, per_example, privatizer
-from toolkit.activations import ActivationSpec
-from toolkit.models import build_model
+from toolkit.grads import _clipping as clipping
+from toolkit.grads import _per_example as per_example
+from toolkit.nn import ActivationSpec, build_model
+from toolkit.privacy import _privatizer as privatizer
+from toolkit.training import _dpsgd as dpsgd
 
 F32_EPS = float(np.finfo(np.float32).eps)
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments import plots, records, sweep, tables
-from toolkit import rundir
 from toolkit.cli import app
+from toolkit.runs import rundir
 
 runner = CliRunner()
 

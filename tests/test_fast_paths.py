@@ -1,4 +1,4 @@
-"""Book-keeping clipping (toolkit.bookkeeping) equals the jax.vmap reference, row for row.
+"""Book-keeping clipping (toolkit.grads._bookkeeping) equals the jax.vmap reference, row for row.
 
 Tolerances. Both paths compute the same float32 quantities in different
 summation orders, so they agree to a few ulps times the number of terms; the
@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from toolkit import bookkeeping, clipping, dpsgd, per_example
-from toolkit.activations import ActivationSpec
-from toolkit.errors import ToolkitError
-from toolkit.models import build_model
+from toolkit.base import ToolkitError
+from toolkit.grads import _bookkeeping as bookkeeping
+from toolkit.grads import _clipping as clipping
+from toolkit.grads import _per_example as per_example
+from toolkit.nn import ActivationSpec, build_model
+from toolkit.training import _dpsgd as dpsgd
 
 F32_EPS = float(np.finfo(np.float32).eps)
 NORM_RTOL = 64 * F32_EPS  # norms: ~1e3-term sums of squares, reordered

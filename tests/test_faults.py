@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from toolkit import accounting, rundir
 from toolkit.cli import app
-from toolkit.config import TrainConfig
+from toolkit.privacy import accounting
+from toolkit.runs import TrainConfig, rundir
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +155,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(shared_dir, reference):
 
 _WRITER = """
 import sys
-from toolkit.io import atomic_write_bytes
+from toolkit.base import atomic_write_bytes
 path, old, new = sys.argv[1], b"old" * 700_000, b"new" * 700_000 + b"!"
 atomic_write_bytes(path, old)
 print("ready", flush=True)

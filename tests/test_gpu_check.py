@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
-from toolkit import per_example
+from toolkit.grads import _per_example as per_example
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["install", "device", "tests", "train", "checks", "bench"]

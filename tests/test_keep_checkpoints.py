@@ -10,10 +10,9 @@ from typer.testing import CliRunner
 
 import toolkit
 from tests.configs import tiny_config
-from toolkit import rundir
 from toolkit.cli import app
-from toolkit.config import TrainConfig
-from toolkit.train import resume, train
+from toolkit.runs import TrainConfig, rundir
+from toolkit.training import resume, train
 
 runner = CliRunner()
 

@@ -1,8 +1,7 @@
 import jax.numpy as jnp
 import pytest
 
-from toolkit.activations import ActivationSpec
-from toolkit.models import build_model, count_params
+from toolkit.nn import ActivationSpec, build_model, count_params
 
 
 @pytest.mark.parametrize(

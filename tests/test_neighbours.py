@@ -29,8 +29,8 @@ from flax import nnx
 
 import toolkit
 from tests import zoo
-from toolkit.augment import Augmult
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError
+from toolkit.grads import Augmult
 
 N, C = 13, 0.05
 

@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 import toolkit
-from toolkit import dpsgd
+from toolkit.training import _dpsgd as dpsgd
 
 SIGMA, C, B = 2.0, 0.1, 4.0
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from toolkit import rundir
 from toolkit.cli import app
-from toolkit.config import TrainConfig
+from toolkit.runs import TrainConfig, rundir
 
 HERE = Path(__file__).resolve().parent / "data" / "parent_records"
 DROP = {"epoch_time_s", "compile_time_s", "train_time_s", "provenance", "requested", "data_dir"}

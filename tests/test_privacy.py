@@ -1,6 +1,6 @@
 """`PrivacyParams`: the (q, T, sigma, delta, accountant) that every reported eps is for.
 
-Each eps it reports is compared with `toolkit.accounting` called directly on the same
+Each eps it reports is compared with `toolkit.privacy.accounting` called directly on the same
 (sigma, q = B / N, T, delta). Tolerances: the same computation gives the same float (rdp,
 rdp-classic: 1e-9 relative for round-off); the per-epoch PLD curve composes
 incrementally, equal to a fresh computation to ~1e-8 (`epsilon_curve`), so 1e-7 there.
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit import accounting
-from toolkit.privacy import PrivacyParams
+from toolkit.privacy import PrivacyParams, accounting
 
 N, B = 250, 40
 RTOL = {"rdp": 1e-9, "rdp-classic": 1e-9, "pld": 1e-7}

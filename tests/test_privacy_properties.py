@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from toolkit import accounting, rundir
+from toolkit.base import ToolkitError
 from toolkit.cli import app
-from toolkit.errors import ToolkitError
+from toolkit.privacy import accounting, calibrate_noise_multiplier
+from toolkit.runs import rundir
 
 runner = CliRunner()
 SLOW_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
@@ -94,9 +95,9 @@ def _assert_shuffle_labelled_everywhere(out, printed: str) -> None:
 
 def test_shuffled_audit_is_labelled(tiny_data_dir, monkeypatch):
     """The audit record carries the same label (its training is stubbed out: labels only)."""
-    from toolkit import audit
-    from toolkit import train as train_lib
-    from toolkit.config import TrainConfig
+    from toolkit.runs import TrainConfig
+    from toolkit.studies import _audit as audit
+    from toolkit.training import _train as train_lib
 
     def no_training(cfg, data, canaries, progress=False):
         return train_lib.init_model(cfg)[0], 2
@@ -167,7 +168,7 @@ def test_pld_eps_monotone_in_steps_and_sigma(sigma, q, steps, more, factor):
 def _calibration_holds(accountant, target, q, steps):
     kw = dict(accountant=accountant, sampling_prob=q, steps=steps, delta=1e-5)
     try:
-        sigma = accounting.calibrate_noise_multiplier(target_epsilon=target, **kw)
+        sigma = calibrate_noise_multiplier(target_epsilon=target, **kw)
     except ToolkitError:
         return  # unreachable targets are refused, never answered with a weaker sigma
     assert accounting.epsilon(noise_multiplier=sigma, **kw) <= target  # exactly, no tolerance

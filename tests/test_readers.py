@@ -1,7 +1,7 @@
 """Readers of run directories (table, pareto, figures) on broken, partial, incompatible and
 eps = inf runs, and the tables and legends that must name what differs between settings.
 
-Run directories are written by `toolkit.rundir`'s writers with numbers the test chooses
+Run directories are written by `toolkit.runs.rundir`'s writers with numbers the test chooses
 (tests/run_fakes.py), so each expectation below is computed from those inputs.
 """
 

@@ -17,11 +17,13 @@ import optax
 import pytest
 from flax import nnx
 
-from toolkit import averaging, dpsgd, per_example, rundir
-from toolkit import train as train_lib
-from toolkit.augment import Augmult
-from toolkit.config import TrainConfig, resolve
-from toolkit.errors import ToolkitError
+from toolkit.base import ToolkitError
+from toolkit.grads import Augmult
+from toolkit.grads import _per_example as per_example
+from toolkit.runs import TrainConfig, resolve, rundir
+from toolkit.training import _averaging as averaging
+from toolkit.training import _dpsgd as dpsgd
+from toolkit.training import _train as train_lib
 
 
 def _cfg(data_dir, **kw) -> TrainConfig:
@@ -171,9 +173,8 @@ def test_bad_schedule_settings_are_one_line_errors(tiny_data_dir):
 
 
 def _cnn_problem(batch=6):
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
-    from toolkit.per_example import split_model
+    from toolkit.grads import split_model
+    from toolkit.nn import ActivationSpec, build_model
 
     graphdef, params, state = split_model(build_model("mnist", ActivationSpec("tanh"), seed=0))
     rng = np.random.default_rng(1)
@@ -283,7 +284,7 @@ def test_a_resumed_ema_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path,
 
 
 def test_standardized_kernel_has_zero_mean_and_unit_fan_in_norm_per_output_channel():
-    from toolkit.models import standardize_kernel
+    from toolkit.nn import standardize_kernel
 
     kernel = np.random.default_rng(0).normal(0.3, 2.0, size=(4, 4, 3, 5))
     hat = np.asarray(standardize_kernel(jnp.asarray(kernel, jnp.float32)))
@@ -300,8 +301,7 @@ def test_standardized_kernel_has_zero_mean_and_unit_fan_in_norm_per_output_chann
 
 
 def test_ws_model_has_the_paper_parameters_and_is_a_conv_of_the_standardized_kernel():
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model, count_params, standardize_kernel
+    from toolkit.nn import ActivationSpec, build_model, count_params, standardize_kernel
 
     ws = build_model("mnist", ActivationSpec("tanh"), seed=1, weight_standardization=True)
     plain = build_model("mnist", ActivationSpec("tanh"), seed=1)
@@ -320,8 +320,7 @@ def test_ws_refuses_bookkeeping_and_trains_on_vmap_with_the_sensitivity_bound(ti
     with pytest.raises(ToolkitError, match="weight_standardization runs on the vmap path"):
         train_lib.train(_cfg(tiny_data_dir, weight_standardization=True,
                              per_example="bookkeeping"))  # fmt: skip
-    from toolkit.activations import ActivationSpec
-    from toolkit.models import build_model
+    from toolkit.nn import ActivationSpec, build_model
 
     model = build_model("mnist", ActivationSpec("tanh"), seed=0, weight_standardization=True)
     graphdef, params, state = nnx.split(model, nnx.Param, ...)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from toolkit.sampling import PoissonSampler, ShuffleSampler, pad_chunks, physical_batch_size
+from toolkit.privacy import PoissonSampler, ShuffleSampler, pad_chunks, physical_batch_size
 
 
 def test_poisson_batch_sizes_pass_binomial_test():
@@ -53,8 +53,7 @@ def test_make_sampler_draws_at_the_accounted_rate():
     B / N. Statistically: over 2,000 steps of N = 500, B = 50, the total membership is
     Binomial(10^6, 0.1), standard deviation 300; 5 of them (1,500) is tighter than the
     2,000 extra draws that q = (B + 1) / N gives."""
-    from toolkit.privacy import PrivacyParams
-    from toolkit.sampling import make_sampler
+    from toolkit.privacy import PrivacyParams, make_sampler
 
     n, b, steps = 500, 50, 2000
     sampler = make_sampler("poisson", num_examples=n, batch_size=b, seed=4)

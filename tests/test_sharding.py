@@ -24,7 +24,7 @@ _SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np, optax
     from flax import nnx
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from toolkit import dpsgd
+    from toolkit.training import _dpsgd as dpsgd
 
     class Small(nnx.Module):  # the MNIST CNN's layer kinds, at a size that compiles fast
         def __init__(self, rngs):
@@ -121,9 +121,8 @@ def test_train_on_two_devices_matches_one_device(tiny_data_dir, tmp_path):
     relative per step; over 20 steps with lr 0.5 we saw 4.5e-8 (allowed: 1e-4),
     while one extra or missing example or noise draw moves parameters by > 1e-3.
     """
-    from toolkit import rundir
-    from toolkit.config import TrainConfig
-    from toolkit.train import train
+    from toolkit.runs import TrainConfig, rundir
+    from toolkit.training import train
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = dict(
@@ -132,7 +131,7 @@ def test_train_on_two_devices_matches_one_device(tiny_data_dir, tmp_path):
     )  # fmt: skip
     script = (
         "import json, sys, jax; from pathlib import Path\n"
-        "from toolkit.config import TrainConfig; from toolkit.train import train\n"
+        "from toolkit.runs._config import TrainConfig; from toolkit.training._train import train\n"
         "assert jax.local_device_count() == 2\n"
         "train(TrainConfig(**json.loads(sys.argv[1])), out=Path(sys.argv[2]))\n"
     )

@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 
 import toolkit
 from tests.configs import tiny_config
-from toolkit import accounting, dpsgd, rundir
 from toolkit.cli import app
-from toolkit.sampling import ShuffleSampler, steps_per_epoch
-from toolkit.train import train
+from toolkit.privacy import ShuffleSampler, accounting, steps_per_epoch
+from toolkit.runs import rundir
+from toolkit.training import _dpsgd as dpsgd
+from toolkit.training import train
 
 N, B, EPOCHS = 250, 40, 2
 STEPS = EPOCHS * 6  # N // B = 6 steps per epoch, not ceil(6.25) = 7

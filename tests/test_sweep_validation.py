@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from experiments import sweep
 from experiments.sweep_progress import SweepProgress
 from tests.run_fakes import fake_run
-from toolkit import rundir
 from toolkit.cli import app
+from toolkit.runs import rundir
 
 runner = CliRunner()
 GOOD = """

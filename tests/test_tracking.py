@@ -9,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.run_fakes import fake_run
-from toolkit import rundir, tracking
 from toolkit.cli import app
+from toolkit.runs import rundir
+from toolkit.training import _tracking as tracking
 
 runner = CliRunner()
 

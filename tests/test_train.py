@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.configs import tiny_config
-from toolkit import accounting, rundir
 from toolkit.cli import app
-from toolkit.config import TrainConfig
-from toolkit.train import resume, train
+from toolkit.privacy import accounting
+from toolkit.runs import TrainConfig, rundir
+from toolkit.training import resume, train
 
 runner = CliRunner()
 

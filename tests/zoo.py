@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toolkit.activations import ActivationSpec
-from toolkit.models import WSConv, build_model
+from toolkit.nn import ActivationSpec, WSConv, build_model
 
 K = 3  # classes
 

@@ -14,20 +14,25 @@ The public API (see README, "Python API"):
   (`tempered_sigmoid`).
 """
 
-from toolkit import metrics, randomness
-from toolkit.activations import tempered_sigmoid
-from toolkit.api import FitConfig, FitResult, fit, load_run
-from toolkit.loop import EpochContext, TrainingDiverged
-from toolkit.per_example import (
+from toolkit.grads import (
     ClippedGrad,
     ClippedGradFn,
     clipped_grad,
     softmax_cross_entropy,
     split_model,
 )
-from toolkit.privacy import PrivacyParams
-from toolkit.privatizer import PrivatizerState, gaussian_privatizer
-from toolkit.records import EpochRecord, GradNormStats, RunSummary
+from toolkit.nn import tempered_sigmoid
+from toolkit.privacy import PrivacyParams, PrivatizerState, gaussian_privatizer, randomness
+from toolkit.runs import EpochRecord, GradNormStats, RunSummary
+from toolkit.training import (
+    EpochContext,
+    FitConfig,
+    FitResult,
+    TrainingDiverged,
+    fit,
+    load_run,
+    metrics,
+)
 
 __all__ = [
     "ClippedGrad",

@@ -1,5 +1,5 @@
 """`python -m toolkit ...`: the `toolkit` command, where its script is not installed."""
 
-from toolkit.launch import main
+from toolkit.cli import main
 
 main()

@@ -1,0 +1,193 @@
+"""The experiments' commands of `toolkit`: sweep, table, pareto, figures, bias.
+
+Registered on the `toolkit` command line through the entry point group
+"toolkit.commands" (`register`); each parses its options and calls `experiments` or
+`toolkit.studies`, nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from toolkit.base import ToolkitError
+from toolkit.cli import one_line_errors
+
+console = Console(soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the `toolkit` app."""
+    for command in (sweep, table, pareto, figures, bias):
+        app.command(command.__name__)(command)
+
+
+@one_line_errors
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep file (TOML: \\[base] and \\[grid] tables)."),
+    root: Path = typer.Option(..., help="Directory that holds one run directory per grid point."),
+    executor: str = typer.Option("local", help="local (process pool) or ray."),
+    workers: int = typer.Option(1, help="Local processes; each run uses all cores it is given."),
+    address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, train nothing."),
+) -> None:
+    """Run a grid of configs; finished runs are skipped and unfinished ones resumed.
+
+    The whole sweep (every grid point, the root, every run directory) is validated
+    before the first run starts.
+    """
+    from experiments import sweep as sweep_lib
+    from experiments.sweep_progress import SweepProgress
+    from toolkit.base import outputs
+
+    if not 1 <= workers <= 1024:
+        raise ToolkitError(f"--workers={workers} must be in [1, 1024].")
+    outputs.check_dir("--root", root)
+    runs = sweep_lib.load(spec)
+    if dry_run:
+        console.print("\n".join(sweep_lib.describe(runs, root)), markup=False, highlight=False)
+        return
+    sweep_lib.check_executor(executor, workers)
+    sweep_lib.plan(runs, root)
+    with SweepProgress(len(runs), root) as progress:
+        sweep_lib.run_sweep(
+            runs, root, executor=executor, workers=workers, address=address, on_done=progress.done
+        )
+
+
+@one_line_errors
+def pareto(
+    runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
+    accountant: str = typer.Option("rdp-classic", help="Which stored eps is the x axis."),
+    out: Path = typer.Option(..., help="Figure path; writes OUT.png and OUT.pdf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing OUT.png/.pdf."),
+) -> None:
+    """Figure 3: test accuracy against eps for each setting, with the Pareto frontier."""
+    from experiments import plots, records
+
+    _check_figure_out(out, overwrite)
+
+    written = plots.pareto_figure(
+        records.find_runs(runs), accountant=records.check_accountant(accountant), out=out
+    )
+    console.print("wrote " + ", ".join(map(str, written)))
+
+
+@one_line_errors
+def table(
+    runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
+    accountant: str = typer.Option("rdp-classic", help="Which stored eps to report."),
+    out: Path = typer.Option(None, help="Writes OUT.md and OUT.csv."),
+    best_lr: bool = typer.Option(False, "--best-lr", help="Table 4: best lr per setting."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT.md/.csv if they exist."),
+) -> None:
+    """Table 3: final test accuracy (mean +- std over seeds) per setting, with eps."""
+    from experiments import records, tables
+    from toolkit.base import atomic_write_text, outputs
+
+    files = outputs.file_set(out, (".md", ".csv")) if out is not None else []
+    if out is not None:
+        outputs.check_files("--out", files, value=out, overwrite=overwrite)
+
+    found = records.find_runs(runs)
+    acc = records.check_accountant(accountant)
+    rows = (
+        tables.best_lr_rows(found, accountant=acc)
+        if best_lr
+        else tables.accuracy_rows(found, accountant=acc)
+    )
+    markdown = tables.to_markdown(rows, note=tables.BEST_LR_NOTE if best_lr else None)
+    console.print(markdown, markup=False)
+    if out is not None:
+        with outputs.writing("--out", out):
+            files[0].parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(files[0], markdown)
+            atomic_write_text(files[1], tables.to_csv(rows))
+
+
+@one_line_errors
+def figures(
+    runs: list[Path] = typer.Argument(..., help="Run directories or directories of runs."),
+    kind: str = typer.Option(..., help="grad-norms (Fig. 4), act-norms (Fig. 5) or grid (Fig. 2)."),
+    accountant: str = typer.Option("rdp-classic", help="eps shown in titles."),
+    out: Path = typer.Option(..., help="Figure path; writes OUT.png and OUT.pdf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing OUT.png/.pdf."),
+) -> None:
+    """Figures 2, 4 and 5 from run records."""
+    from experiments import plots, records
+
+    if kind not in ("grad-norms", "act-norms", "grid"):
+        raise ToolkitError(f"--kind={kind!r} is unknown; expected grad-norms, act-norms or grid.")
+    _check_figure_out(out, overwrite)
+
+    found = records.find_runs(runs)
+    acc = records.check_accountant(accountant)
+    if kind == "grad-norms":
+        written = plots.trace_figure(
+            found, field="grad_norm.mean", ylabel="mean pre-clip per-example grad norm",
+            out=out, accountant=acc,
+        )  # fmt: skip
+    elif kind == "act-norms":
+        written = plots.trace_figure(
+            found, field="first_conv_activation_norm", ylabel="L2 norm of conv1 activations",
+            out=out, accountant=acc,
+        )  # fmt: skip
+    elif kind == "grid":
+        written = plots.grid_figure(found, accountant=acc, out=out)
+        _, best = plots.best_triplets(found)
+        console.print(
+            f"mean of best 10% triplets: s={best[0]:.3f} T={best[1]:.3f} o={best[2]:.3f} "
+            "(chosen by test accuracy among the runs: not covered by one run's eps)"
+        )
+    else:
+        raise ToolkitError(f"kind={kind!r} is unknown; expected grad-norms, act-norms or grid.")
+    console.print("wrote " + ", ".join(map(str, written)))
+
+
+def _check_figure_out(out: Path, overwrite: bool) -> None:
+    from toolkit.base import outputs
+    from toolkit.base.plotting import figure_files
+
+    outputs.check_files("--out", figure_files(out), value=out, overwrite=overwrite)
+
+
+@one_line_errors
+def bias(
+    runs: list[Path] = typer.Argument(
+        ..., help="toolkit train run directories (--keep-checkpoints)."
+    ),
+    sample: int = typer.Option(1000, help="Training examples to measure on (fixed by --seed)."),
+    seed: int = typer.Option(0, help="Seed of the sample."),
+    clip_norm: float = typer.Option(
+        None,
+        help="C to clip at (default: the run's; needed for non-private runs: give the DP run's C).",
+    ),
+    out: Path = typer.Option(..., help="Writes OUT.json, OUT.png and OUT.pdf."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+) -> None:
+    """Clipping bias over training: cosine and norm ratio of mean clipped vs mean gradient,
+    fraction clipped, per-layer shares. Diagnostics on private data, not covered by eps."""
+    from experiments.bias_plots import bias_figure
+    from toolkit.base import outputs
+    from toolkit.base.plotting import figure_files
+    from toolkit.studies import _bias as bias_lib
+
+    if not 1 <= sample <= 1_000_000:
+        raise ToolkitError(f"--sample={sample} must be in [1, 1000000].")
+    if not 0 <= seed < 2**32:
+        raise ToolkitError(f"--seed={seed} must be in [0, 2^32).")
+    files = [*outputs.file_set(out, (".json",)), *figure_files(out)]
+    outputs.check_files("--out", files, value=out, overwrite=overwrite)
+    for r in runs:  # every run checked before the first is measured
+        bias_lib.check_run(r, clip_norm=clip_norm)
+    results = [
+        bias_lib.run_bias(r, sample_size=sample, seed=seed, clip_norm=clip_norm) for r in runs
+    ]
+    for r in results:
+        shown = ", ".join(f"e{p.epoch}: cos {p.cosine:.4f} ratio {p.norm_ratio:.3f} "
+                          f"clipped {p.fraction_clipped:.3f}" for p in r.points)  # fmt: skip
+        console.print(f"{r.run} ({r.label}, C={r.clip_norm:g}): {shown}", markup=False)
+    written = [bias_lib.write_json(results, out), *bias_figure(results, out=out)]
+    console.print(f"{bias_lib.DIAGNOSTIC_LABEL}; wrote " + ", ".join(map(str, written)))

@@ -1,0 +1,12 @@
+"""The names a setting may take, apart from the JAX code that implements them.
+
+Configuration and validation (`toolkit.runs`) check a name against these tuples without
+importing the modules that run it; each implementing module imports its tuple from here.
+"""
+
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "rdp-classic", "pld")  # toolkit.privacy.accounting
+SAMPLINGS: tuple[str, ...] = ("poisson", "shuffle")  # toolkit.privacy._sampling
+CLIPPING_RULES: tuple[str, ...] = ("flat", "automatic")  # toolkit.grads.clipping
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "bookkeeping", "vmap")  # toolkit.grads._per_example
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")  # toolkit.training._dpsgd
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")  # toolkit.training._dpsgd

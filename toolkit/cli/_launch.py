@@ -1,0 +1,76 @@
+"""The `toolkit` console entry point: the allocator settings, then the command line.
+
+glibc returns every freed block >= 32 MiB to the OS, so XLA's large per-step buffers
+are page-faulted in again on every DP-SGD step. `TUNED_MALLOC` keeps them in the heap
+(benchmarks/README.md: the CIFAR-10 DP step went from 1.5-1.6x to 0.9-1.1x of a
+non-private step). glibc reads these variables once, when the process starts, so for
+the commands that train (`COMMANDS`) `main` re-executes the interpreter with them set,
+before anything is imported. Values the user set win; `TOOLKIT_MALLOC=default` turns
+the re-exec off. This module imports nothing heavy, so the first process costs little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Mapping
+
+TUNED_MALLOC = {
+    "MALLOC_MMAP_MAX_": "0",  # no mmap for large blocks: they stay in the heap
+    "MALLOC_TRIM_THRESHOLD_": "100000000000",  # never trim the heap top back to the OS
+    "MALLOC_TOP_PAD_": "268435456",  # grow the heap 256 MiB at a time
+    "MALLOC_ARENA_MAX": "1",  # one arena: freed buffers are reused across threads
+}
+COMMANDS = ("train", "audit", "sweep")
+
+
+def _glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def allocator_env(argv: list[str], environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The environment to re-execute with, or None when this process can run as it is."""
+    if len(argv) < 2 or argv[1] not in COMMANDS or environ.get("TOOLKIT_MALLOC") == "default":
+        return None
+    if all(k in environ for k in TUNED_MALLOC) or not _glibc():
+        return None
+    return {**TUNED_MALLOC, **environ}
+
+
+def main() -> None:
+    env = allocator_env(sys.argv, os.environ)
+    if env is not None:
+        # If it cannot re-execute (an odd platform), it runs with the default allocator.
+        with contextlib.suppress(OSError):
+            os.execve(sys.executable, [sys.executable, "-m", "toolkit", *sys.argv[1:]], env)
+    from toolkit.cli._app import app
+
+    sys.exit(run(app, sys.argv[1:]))
+
+
+def run(app, args: list[str]) -> int:
+    """Run the typer `app`; a usage error (unknown option, a value of the wrong type) is one
+    `error: ...` line and exit 2, as every other bad input is (`toolkit.cli._errors`)."""
+    try:  # typer >= 0.2x vendors click
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
+    try:
+        code = app(args=args, prog_name="toolkit", standalone_mode=False)
+    except click.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else e.format_message(), file=sys.stderr)
+        return 2
+    except click.ClickException as e:
+        command = e.ctx.command_path if getattr(e, "ctx", None) else "toolkit"
+        message = " ".join(e.format_message().split())
+        print(f"error: {message} (see {command} --help)", file=sys.stderr)
+        return e.exit_code
+    except click.Abort:
+        print("error: aborted.", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else 0
