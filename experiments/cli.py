@@ -156,7 +156,7 @@ def _check_figure_out(out: Path, overwrite: bool) -> None:
 @one_line_errors
 def bias(
     runs: list[Path] = typer.Argument(
-        ..., help="toolkit train run directories (--keep-checkpoints)."
+        ..., help="Run directories (toolkit train or toolkit.fit, with keep_checkpoints)."
     ),
     sample: int = typer.Option(1000, help="Training examples to measure on (fixed by --seed)."),
     seed: int = typer.Option(0, help="Seed of the sample."),
@@ -170,9 +170,9 @@ def bias(
     """Clipping bias over training: cosine and norm ratio of mean clipped vs mean gradient,
     fraction clipped, per-layer shares. Diagnostics on private data, not covered by eps."""
     from experiments.bias_plots import bias_figure
+    from toolkit import studies as bias_lib
     from toolkit.base import outputs
     from toolkit.base.plotting import figure_files
-    from toolkit.studies import _bias as bias_lib
 
     if not 1 <= sample <= 1_000_000:
         raise ToolkitError(f"--sample={sample} must be in [1, 1000000].")

@@ -25,10 +25,8 @@ from matplotlib import pyplot as plt
 from analysis import hidden
 from toolkit.base import atomic_write_json
 from toolkit.base.plotting import PAPER_RC, save_figure
-from toolkit.data import to_float
 from toolkit.studies import DIAGNOSTIC_LABEL, check_run
-from toolkit.training import _fit as api
-from toolkit.training import _train as train
+from toolkit.training import init_model, load_data, load_run, model_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +76,13 @@ def compare(
     stages = []
     for run in runs:
         cfg, kept, _ = check_run(run, clip_norm=1.0)  # C unused here
-        data = train.load_data(cfg)
+        data = load_data(cfg)
         idx = np.sort(np.random.default_rng(seed).choice(len(data.train_labels), sample, False))
-        x, y = to_float(data.train_images[idx]), data.train_labels[idx]
+        x, y = model_inputs(data, data.train_images[idx]), data.train_labels[idx]
         last = max(kept) if epoch is None else epoch
-        stages.append(measure_stage(train.init_model(cfg)[0], x, y, run=str(run), cfg=cfg,
+        stages.append(measure_stage(init_model(cfg, data), x, y, run=str(run), cfg=cfg,
                                     epoch=0))  # fmt: skip
-        model = api.load_run(run, epoch=last).model
+        model = load_run(run, epoch=last).model
         stages.append(measure_stage(model, x, y, run=str(run), cfg=cfg, epoch=last))
     return stages
 

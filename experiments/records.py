@@ -1,6 +1,6 @@
 """Reading run directories: the only input of every table and plot.
 
-A `Run` is what `toolkit train --out DIR` wrote: the resolved `TrainConfig`, one
+A `Run` is what `toolkit train --out DIR` wrote: the resolved `RunConfig`, one
 `EpochRecord` per epoch, and the `RunSummary` (None while the run is unfinished), all
 read through `toolkit.runs.rundir`, the one place that knows the JSON. Runs are grouped by
 their config minus the seed, so seeds of the same setting become one curve with a band.
@@ -22,16 +22,16 @@ from typing import Any
 from experiments.settings import NOT_SETTINGS
 from toolkit.base import ToolkitError
 from toolkit.privacy import accounting
-from toolkit.runs import EpochRecord, RunSummary, TrainConfig, check_types, rundir
+from toolkit.runs import EpochRecord, RunConfig, RunSummary, check_types, rundir
 
 # config.json fields every run has; fields added later (HASH_DEFAULTS) may be absent.
-_REQUIRED = {f.name for f in dataclasses.fields(TrainConfig)} - set(TrainConfig.HASH_DEFAULTS)
+_REQUIRED = {f.name for f in dataclasses.fields(RunConfig)} - set(RunConfig.HASH_DEFAULTS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     path: Path
-    config: TrainConfig
+    config: RunConfig
     epochs: list[EpochRecord]
     summary: RunSummary | None
 
@@ -103,7 +103,7 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise ToolkitError(f"{where} lacks {', '.join(missing)}: not a complete run config.")
     try:
-        config = TrainConfig.from_dict(record["config"])
+        config = RunConfig.from_dict(record["config"])
         check_types(config)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ToolkitError(f"{where} is not a valid run config ({e}).") from None

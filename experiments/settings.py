@@ -1,6 +1,6 @@
 """What differs between settings: the columns of a table, the words of a legend, a dry run.
 
-A setting is a resolved `TrainConfig` without its seed (and without `data_dir`: where
+A setting is a resolved `RunConfig` without its seed (and without `data_dir`: where
 the data lives is not a setting). `varying` names the fields whose values differ across
 some settings; `describe` writes one field's value the way tables and legends show it;
 `distinct_labels` gives every setting a label that names what sets it apart, so two

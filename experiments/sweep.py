@@ -2,7 +2,7 @@
 
 A sweep file is TOML:
 
-    [base]                       # TrainConfig fields; `preset` starts from a paper setting
+    [base]                       # RunConfig fields; `preset` starts from a paper setting
     preset = "fashion-mnist-tanh"
     epochs = 15
 
@@ -49,12 +49,12 @@ import tomllib
 
 from toolkit.base import ToolkitError
 from toolkit.nn import ActivationSpec
-from toolkit.runs import TrainConfig, preset, rundir, validate
+from toolkit.runs import RunConfig, preset, rundir, validate
 
 EXECUTORS = ("local", "ray")
 _TABLES = ("base", "grid")
 _TEMPERED_KEYS = ("scale", "inverse_temp", "offset")
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 _KEYS = sorted(_FIELDS | {"preset", *_TEMPERED_KEYS})
 
 
@@ -117,7 +117,7 @@ def check_spec(spec: dict[str, Any]) -> None:
             if key not in _KEYS:
                 hint = _did_you_mean(key, _KEYS) or "."
                 raise ToolkitError(
-                    f"{table}.{key} is not a setting (settings: the TrainConfig fields, "
+                    f"{table}.{key} is not a setting (settings: the RunConfig fields, "
                     f"preset, scale, inverse_temp, offset){hint}"
                 )
     for key, values in spec.get("grid", {}).items():
@@ -125,7 +125,7 @@ def check_spec(spec: dict[str, Any]) -> None:
             raise ToolkitError(f"grid.{key}={values!r} must be a non-empty list.")
 
 
-def expand(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
+def expand(spec: dict[str, Any]) -> list[tuple[str, RunConfig]]:
     """(name, config) for every grid point of a parsed sweep spec, each validated.
 
     Every point goes through `toolkit.runs._config.validate`, train's own checks (types and
@@ -145,7 +145,7 @@ def expand(spec: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
             errors.append(f"grid point {dict(zip(keys, combo))}: {e}")
             continue
         try:
-            cfg = TrainConfig(**_settings(point))
+            cfg = RunConfig(**_settings(point))
             validate(cfg)
         except (TypeError, ValueError) as e:  # ToolkitError is a ValueError
             errors.append(f"sweep point {name}: {e}" if keys else f"[base]: {e}")
@@ -176,7 +176,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         raise ToolkitError(f"sweep file {path} is not valid TOML ({e}).") from None
 
 
-def load(path: str | Path) -> list[tuple[str, TrainConfig]]:
+def load(path: str | Path) -> list[tuple[str, RunConfig]]:
     """Read and validate a sweep file; errors name the file."""
     spec = load_spec(path)
     try:
@@ -185,7 +185,7 @@ def load(path: str | Path) -> list[tuple[str, TrainConfig]]:
         raise ToolkitError(f"sweep file {path}: {e}") from None
 
 
-def status(out: Path, cfg: TrainConfig) -> str:
+def status(out: Path, cfg: RunConfig) -> str:
     """What a sweep will do with `out`: 'train', 'resume' or 'skip' (finished).
 
     ToolkitError if `out` is a file, or a run of another config.
@@ -222,7 +222,7 @@ def check_root(root: str | Path) -> Path:
     return root
 
 
-def plan(runs: Sequence[tuple[str, TrainConfig]], root: str | Path) -> dict[str, str]:
+def plan(runs: Sequence[tuple[str, RunConfig]], root: str | Path) -> dict[str, str]:
     """name -> 'train' | 'resume' | 'skip' for every run, after checking every run directory.
 
     Nothing is written: a bad root or run directory stops the sweep before any run starts.
@@ -231,7 +231,7 @@ def plan(runs: Sequence[tuple[str, TrainConfig]], root: str | Path) -> dict[str,
     return {name: status(root / name, cfg) for name, cfg in runs}
 
 
-def describe(runs: Sequence[tuple[str, TrainConfig]], root: str | Path) -> list[str]:
+def describe(runs: Sequence[tuple[str, RunConfig]], root: str | Path) -> list[str]:
     """The dry run: the settings all runs share, then each run's directory, what will happen
     to it, and its settings that differ from the others'."""
     todo = plan(runs, root)
@@ -266,9 +266,9 @@ def run_one(config: dict[str, Any], out: str) -> str:
     A plain module-level function of JSON-able arguments, so process pools and
     Ray can ship it.
     """
-    from toolkit.training import _train as train_lib
+    from toolkit import training as train_lib
 
-    cfg, out_path = TrainConfig.from_dict(config), Path(out)
+    cfg, out_path = RunConfig.from_dict(config), Path(out)
     todo = status(out_path, cfg)
     if todo == "skip":
         return "skipped"
@@ -293,7 +293,7 @@ def check_executor(executor: str, workers: int) -> None:
 
 
 def run_sweep(
-    runs: Sequence[tuple[str, TrainConfig]],
+    runs: Sequence[tuple[str, RunConfig]],
     root: str | Path,
     *,
     executor: str = "local",

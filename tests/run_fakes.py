@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.nn import ActivationSpec
-from toolkit.runs import EpochRecord, GradNormStats, RunSummary, TrainConfig, resolve, rundir
+from toolkit.runs import EpochRecord, GradNormStats, RunConfig, RunSummary, resolve, rundir
 
 ACCOUNTANTS = ("rdp-classic", "rdp", "pld")
 
@@ -30,7 +30,7 @@ def fake_run(
     settings = {"noise_multiplier": 1.0, "activation": "tanh", **settings}
     settings["activation"] = ActivationSpec(settings["activation"])
     settings["epochs"] = len(accs)
-    cfg = resolve(TrainConfig(**settings), num_examples=1000)
+    cfg = resolve(RunConfig(**settings), num_examples=1000)
     rundir.write_config(out, cfg, {"requested": cfg.to_dict()})
     history = []
     for i, acc in enumerate(accs):

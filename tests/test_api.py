@@ -157,10 +157,10 @@ def test_load_run_round_trip_gives_identical_outputs(tmp_path):
 
 def test_load_run_rebuilds_a_toolkit_train_run(tiny_data_dir, tmp_path):
     from toolkit.data import load_dataset, to_float
-    from toolkit.runs import TrainConfig
+    from toolkit.runs import RunConfig
     from toolkit.training import train
 
-    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), epochs=1,
+    cfg = RunConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), epochs=1,
                       batch_size=60, lr=0.5, clip_norm=1.0, noise_multiplier=1.0)  # fmt: skip
     trained = train(cfg, out=tmp_path / "t")
     back = toolkit.load_run(tmp_path / "t")

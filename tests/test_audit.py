@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from toolkit.cli import app
 from toolkit.data import load_dataset
 from toolkit.privacy import PoissonSampler, accounting
-from toolkit.runs import TrainConfig
+from toolkit.runs import RunConfig
 from toolkit.studies import _audit as audit
 from toolkit.studies import _audit_stats as audit_stats
 from toolkit.training import _dpsgd as dpsgd
@@ -186,7 +186,7 @@ def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):
         return recording
 
     monkeypatch.setattr(dpsgd, "make_accumulate_fn", spy)
-    cfg = TrainConfig(
+    cfg = RunConfig(
         dataset="fashion-mnist",
         data_dir=str(tiny_data_dir),
         noise_multiplier=3.0,

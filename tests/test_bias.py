@@ -1,4 +1,4 @@
-"""`toolkit.studies._bias` against an independent computation; `toolkit bias` end to end and bad input."""
+"""`toolkit.studies` bias against an independent computation; `toolkit bias` end to end, bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flax import nnx
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.runs import TrainConfig, rundir
+from toolkit.runs import RunConfig, rundir
 from toolkit.studies import _bias as bias
 from toolkit.training import train
 
@@ -97,7 +97,7 @@ def test_no_clipping_means_no_bias():
 @pytest.fixture(scope="module")
 def kept_run(tiny_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bias") / "run"
-    cfg = TrainConfig(
+    cfg = RunConfig(
         dataset="fashion-mnist", data_dir=str(tiny_data_dir), epochs=1, batch_size=60, lr=0.5,
         clip_norm=0.1, noise_multiplier=0.8, seed=0, max_physical_batch=64, keep_checkpoints=1,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests for toolkit.data._datasets and toolkit.data._files: exact round trips, one-line errors for every
+"""Tests for toolkit.data (_datasets, _files): exact round trips, one-line errors for every
 malformed file, lookup order, checksums and downloads (through file:// URLs, never the network)."""
 
 from __future__ import annotations

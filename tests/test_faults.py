@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.privacy import accounting
-from toolkit.runs import TrainConfig, rundir
+from toolkit.runs import RunConfig, rundir
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -281,7 +281,7 @@ def test_checkpoint_from_a_different_config_is_refused(reference, tmp_path):
     (run / rundir.SUMMARY).unlink()
     record = json.loads((run / rundir.CONFIG).read_text())
     record["config"]["seed"] = 4
-    record["config_hash"] = rundir.config_hash(TrainConfig.from_dict(record["config"]))
+    record["config_hash"] = rundir.config_hash(RunConfig.from_dict(record["config"]))
     (run / rundir.CONFIG).write_text(json.dumps(record))
     _resume_fails_cleanly(run, "belongs to a different configuration")
 

@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 import toolkit
 from tests.configs import tiny_config
 from toolkit.cli import app
-from toolkit.runs import TrainConfig, rundir
+from toolkit.runs import RunConfig, rundir
 from toolkit.training import resume, train
 
 runner = CliRunner()
 
 
-def _cfg(data_dir, **kw) -> TrainConfig:
+def _cfg(data_dir, **kw) -> RunConfig:
     return tiny_config(data_dir, **{"seed": 5, **kw})
 
 

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli import app
-from toolkit.runs import TrainConfig, rundir
+from toolkit.runs import RunConfig, rundir
 
 HERE = Path(__file__).resolve().parent / "data" / "parent_records"
 DROP = {"epoch_time_s", "compile_time_s", "train_time_s", "provenance", "requested", "data_dir"}
@@ -41,7 +41,7 @@ def _is_eps(where: str) -> bool:
 
 
 # Settings added after the parent commit (issue 12): a record may hold them, at these values.
-ADDED = TrainConfig.HASH_DEFAULTS
+ADDED = RunConfig.HASH_DEFAULTS
 # Labels added after the parent commit: what a record holds that eps does not cover.
 LABELS = {"not_covered_by_dp"}
 

@@ -95,7 +95,7 @@ def _assert_shuffle_labelled_everywhere(out, printed: str) -> None:
 
 def test_shuffled_audit_is_labelled(tiny_data_dir, monkeypatch):
     """The audit record carries the same label (its training is stubbed out: labels only)."""
-    from toolkit.runs import TrainConfig
+    from toolkit.runs import RunConfig
     from toolkit.studies import _audit as audit
     from toolkit.training import _train as train_lib
 
@@ -103,7 +103,7 @@ def test_shuffled_audit_is_labelled(tiny_data_dir, monkeypatch):
         return train_lib.init_model(cfg)[0], 2
 
     monkeypatch.setattr(audit, "train_with_canaries", no_training)
-    cfg = TrainConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), sampling="shuffle",
+    cfg = RunConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), sampling="shuffle",
                       noise_multiplier=2.0, batch_size=30, limit_train=60)  # fmt: skip
     record = audit.run_audit(cfg, canaries=30)
     assert SHUFFLED in record.privacy and record.epsilon["rdp-classic"] > 0

@@ -20,18 +20,18 @@ from flax import nnx
 from toolkit.base import ToolkitError
 from toolkit.grads import Augmult
 from toolkit.grads import _per_example as per_example
-from toolkit.runs import TrainConfig, resolve, rundir
+from toolkit.runs import RunConfig, resolve, rundir
 from toolkit.training import _averaging as averaging
 from toolkit.training import _dpsgd as dpsgd
 from toolkit.training import _train as train_lib
 
 
-def _cfg(data_dir, **kw) -> TrainConfig:
+def _cfg(data_dir, **kw) -> RunConfig:
     base = dict(
         dataset="fashion-mnist", epochs=2, batch_size=100, lr=0.5, momentum=0.9,
         clip_norm=0.5, noise_multiplier=1.0, data_dir=str(data_dir), seed=3,
     )  # fmt: skip
-    return TrainConfig(**{**base, **kw})
+    return RunConfig(**{**base, **kw})
 
 
 def test_track_ema_is_identity_on_updates_and_debiased():
@@ -119,9 +119,9 @@ def test_bad_lever_settings_are_one_line_errors(tiny_data_dir, field, value, mat
 
 
 def test_old_config_hashes_do_not_move_when_the_new_fields_are_at_their_defaults():
-    cfg = TrainConfig()
+    cfg = RunConfig()
     d = cfg.to_dict()
-    for key in TrainConfig.HASH_DEFAULTS:
+    for key in RunConfig.HASH_DEFAULTS:
         del d[key]
 
     class Old:  # a config as written before the fields existed

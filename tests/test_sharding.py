@@ -121,7 +121,7 @@ def test_train_on_two_devices_matches_one_device(tiny_data_dir, tmp_path):
     relative per step; over 20 steps with lr 0.5 we saw 4.5e-8 (allowed: 1e-4),
     while one extra or missing example or noise draw moves parameters by > 1e-3.
     """
-    from toolkit.runs import TrainConfig, rundir
+    from toolkit.runs import RunConfig, rundir
     from toolkit.training import train
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,15 +131,15 @@ def test_train_on_two_devices_matches_one_device(tiny_data_dir, tmp_path):
     )  # fmt: skip
     script = (
         "import json, sys, jax; from pathlib import Path\n"
-        "from toolkit.runs._config import TrainConfig; from toolkit.training._train import train\n"
+        "from toolkit.runs._config import RunConfig; from toolkit.training._train import train\n"
         "assert jax.local_device_count() == 2\n"
-        "train(TrainConfig(**json.loads(sys.argv[1])), out=Path(sys.argv[2]))\n"
+        "train(RunConfig(**json.loads(sys.argv[1])), out=Path(sys.argv[2]))\n"
     )
     proc = _two_devices(
         [sys.executable, "-c", script, json.dumps(args), str(tmp_path / "two")], root
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = train(TrainConfig(**args), out=tmp_path / "one").history
+    one = train(RunConfig(**args), out=tmp_path / "one").history
     two = rundir.read_epochs(tmp_path / "two")
     assert [r.per_example_grads for r in two] == ["bookkeeping"] * 2
     for a, b in zip(one, two, strict=True):

@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 from tests.configs import tiny_config
 from toolkit.cli import app
 from toolkit.privacy import accounting
-from toolkit.runs import TrainConfig, rundir
+from toolkit.runs import RunConfig, rundir
 from toolkit.training import resume, train
 
 runner = CliRunner()
 
 
-def _cfg(data_dir, **kw) -> TrainConfig:
+def _cfg(data_dir, **kw) -> RunConfig:
     return tiny_config(data_dir, **kw)
 
 
@@ -37,7 +37,7 @@ def test_train_writes_complete_record_and_stored_eps_matches_config(tiny_data_di
     record = json.loads((out / "config.json").read_text())
     assert record["provenance"]["versions"]["jax"]
     assert rundir.read_epochs(out) == history and len(history) == 2
-    cfg = TrainConfig.from_dict(record["config"])
+    cfg = RunConfig.from_dict(record["config"])
     # The stored eps is recomputed independently from the stored config: 600 examples, B=60.
     for name in accounting.ACCOUNTANTS:
         eps = accounting.epsilon(

@@ -10,3 +10,8 @@ CLIPPING_RULES: tuple[str, ...] = ("flat", "automatic")  # toolkit.grads.clippin
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "bookkeeping", "vmap")  # toolkit.grads._per_example
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")  # toolkit.training._dpsgd
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")  # toolkit.training._dpsgd
+MODELS: tuple[str, ...] = ("paper-cnn",)  # toolkit.nn._models: the paper's CNN for the data
+LOSSES: tuple[str, ...] = (  # toolkit.grads._per_example
+    "softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+)

@@ -37,6 +37,16 @@ _RESUME_KEEPS = ("resume", "quiet", "tensorboard", "config_lib", "train_lib")
 @show_defaults(train_defaults())
 def train(
     dataset: str = typer.Option(None, help="mnist, fashion-mnist or cifar10."),
+    data: Path = typer.Option(
+        None, help="Your data set instead: a .npz (arrays x, y; optional x_test, y_test) or .csv."
+    ),
+    model: str = typer.Option(
+        None,
+        help="paper-cnn, or your factory package.module:fn, called as fn(rngs=nnx.Rngs(seed)).",
+    ),
+    loss: str = typer.Option(
+        None, help="softmax_cross_entropy, sigmoid_binary_cross_entropy, or package.module:fn."
+    ),
     activation: str = typer.Option(None, help="relu, tanh, tempered, sigmoid, elu, gelu."),
     scale: float = typer.Option(None, help="Tempered sigmoid scale s."),
     inverse_temp: float = typer.Option(None, help="Tempered sigmoid inverse temperature T."),
@@ -89,9 +99,11 @@ def train(
         None, help="Also write per-epoch scalars as TensorBoard events here (extra: tensorboard)."
     ),
 ) -> None:
-    """Train a paper CNN with DP-SGD (or without privacy) and record the run."""
-    from toolkit.runs import _config as config_lib
-    from toolkit.training import _train as train_lib
+    """Train a model with DP-SGD (or without privacy) and record the run.
+
+    The paper's CNN on a named data set by default; your own with --model and --data."""
+    from toolkit import runs as config_lib
+    from toolkit import training as train_lib
 
     if resume is not None:
         others = {k: v for k, v in locals().items() if k not in _RESUME_KEEPS}
@@ -104,8 +116,13 @@ def train(
         result = train_lib.resume(resume, progress=not quiet, tensorboard=tensorboard)
         _print_summary(result.summary, resume)
         return
+    if data is not None and dataset is not None:
+        raise ToolkitError(
+            f"--data={data} and --dataset={dataset} both name the training data; give one."
+        )
     flags = {
-        "dataset": dataset, "epochs": epochs, "batch_size": batch_size,
+        "dataset": str(data) if data is not None else dataset, "model": model, "loss": loss,
+        "epochs": epochs, "batch_size": batch_size,
         "max_physical_batch": max_physical_batch, "per_example": per_example,
         "optimizer": optimizer, "lr": lr,
         "momentum": momentum, "clip_norm": clip_norm, "clipping": clipping,

@@ -1,4 +1,4 @@
-"""One-line errors for every `toolkit` command (shared by `toolkit.cli._app` and `toolkit.cli._audit`).
+"""One-line errors for every `toolkit` command (shared by all commands and plugins).
 
 A `ToolkitError` prints `error: ...` to stderr and exits 2 (3 for a diverged run), with no
 traceback; any other exception is a bug and keeps its traceback.

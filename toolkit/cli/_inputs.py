@@ -5,7 +5,7 @@
 - `show_defaults(defaults)`: a decorator that makes `--help` print each option's real
   default. The options of `train` and `audit` default to None in the signature (None =
   "not given", so that flags override presets and files); the value a run gets when the
-  option is absent comes from `TrainConfig` (or the audit's own defaults) and is shown.
+  option is absent comes from `RunConfig` (or the audit's own defaults) and is shown.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ def train_defaults() -> dict[str, Any]:
     import dataclasses
 
     from toolkit.nn import ActivationSpec
-    from toolkit.runs import TrainConfig
+    from toolkit.runs import RunConfig
 
     spec = ActivationSpec("tempered")
     return {
-        **{f.name: getattr(TrainConfig, f.name, None) for f in dataclasses.fields(TrainConfig)},
-        "activation": TrainConfig.activation.name, "scale": spec.scale,
+        **{f.name: getattr(RunConfig, f.name, None) for f in dataclasses.fields(RunConfig)},
+        "activation": RunConfig.activation.name, "scale": spec.scale,
         "inverse_temp": spec.inverse_temp, "offset": spec.offset,
     }  # fmt: skip
 

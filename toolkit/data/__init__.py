@@ -1,12 +1,18 @@
 """toolkit.data."""
 
 from toolkit.data._arrays import FORMATS, ArrayData, load_arrays
-from toolkit.data._datasets import DATASETS, ENV_VAR, Dataset, load_dataset, read_idx, to_float
+from toolkit.data._datasets import (
+    DATASETS,
+    ENV_VAR,
+    Dataset,
+    load_dataset,
+    read_idx,
+    to_float,
+    with_validation,
+)
 from toolkit.data._files import (
     CIFAR_ARCHIVE,
     CIFAR_BATCHES,
-    DATASETS,
-    ENV_VAR,
     IDX_STEMS,
     DataFiles,
     locate,
@@ -29,4 +35,5 @@ __all__ = [
     "read_bytes",
     "read_idx",
     "to_float",
+    "with_validation",
 ]

@@ -16,8 +16,8 @@ canonical files are downloaded into `<cache>/<name>/`.
 Checksum policy: a download is always checked against the published SHA-256 before it is moved
 into the cache. Files found in the cache are checked on every load. Files in a directory the
 user chose (or in the Debian directory, which dpkg manages) are only validated structurally
-(by `toolkit.data._datasets`), unless `verify=True`. Published checksums exist for the `.gz` IDX files
-and the CIFAR tarball only; raw IDX files and extracted CIFAR batches are validated
+(by `toolkit.data._datasets`), unless `verify=True`. Published checksums exist for the `.gz`
+IDX files and the CIFAR tarball only; raw IDX files and extracted CIFAR batches are validated
 structurally.
 """
 

@@ -5,6 +5,7 @@ from toolkit.grads._bookkeeping import NORM_RULES, Unsupported, make_clipped_gra
 from toolkit.grads._independence import RTOL, keyed_by_example, rows_interact
 from toolkit.grads._per_example import (
     IMPLEMENTATIONS,
+    LOSSES,
     ClippedGrad,
     ClippedGradFn,
     LossFn,
@@ -13,6 +14,7 @@ from toolkit.grads._per_example import (
     merge,
     per_example_grads_fn,
     per_example_loss_fn,
+    sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
     split_model,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "ClippedGrad",
     "ClippedGradFn",
     "IMPLEMENTATIONS",
+    "LOSSES",
     "LossFn",
     "NORM_RULES",
     "RTOL",
@@ -46,6 +49,7 @@ __all__ = [
     "per_example_norms",
     "rows_interact",
     "sensitivity",
+    "sigmoid_binary_cross_entropy",
     "softmax_cross_entropy",
     "split_model",
 ]

@@ -3,7 +3,7 @@
 For a batch of examples (x_i, y_i) with weights w_i (1, or 0 for padding rows):
 
     g_i  = grad_theta loss_fn(model_theta(x_i), y_i)       per example
-    sum  = sum_i w_i clip(g_i)                              toolkit.grads.clipping (flat or automatic)
+    sum  = sum_i w_i clip(g_i)                              toolkit.grads.clipping (flat, automatic)
 
 `ClippedGradFn(params, state, x, y, mask)` returns that sum together with the pre-clip
 norms ||g_i|| and the losses. Its `sensitivity` is the most one example can move the sum:
@@ -57,6 +57,30 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy with integer labels: (B, k), (B,) -> (B,)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example logistic loss of a one-logit binary model: (B,) or (B, 1), (B,) -> (B,).
+
+    loss_i = log(1 + exp(-s_i z_i)), s_i = +1 for a positive label (1, or +1) and -1 for
+    a negative one (0, or -1); computed through log-sigmoid, finite for any finite z.
+    """
+    if logits.ndim not in (1, 2) or logits.shape[1:] not in ((), (1,)):
+        raise ToolkitError(
+            f"sigmoid_binary_cross_entropy: logits of shape {logits.shape}; a binary model "
+            "has one logit per example, shape (batch,) or (batch, 1)."
+        )
+    z = logits.reshape(logits.shape[0])
+    labels = labels.reshape(z.shape)
+    positive = labels > jnp.zeros((), labels.dtype)  # bool labels too, under strict dtypes
+    return optax.sigmoid_binary_cross_entropy(z, positive.astype(z.dtype))
+
+
+# Per-example losses by name (a run records its loss by this name).
+LOSSES: dict[str, LossFn] = {
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "sigmoid_binary_cross_entropy": sigmoid_binary_cross_entropy,
+}
 
 
 class ClippedGrad(NamedTuple):
@@ -172,7 +196,7 @@ class ClippedGradFn:
         if keys is None and (random_state or self.augment is not None):
             raise ToolkitError(
                 "this model draws randomness (PRNG keys in its state, or augmult views): "
-                "pass keys=, one key per example (toolkit.privacy.randomness.example_keys), so that "
+                "pass keys=, one key per example (toolkit.randomness.example_keys), so that "
                 "each example's randomness is keyed by the example, not by its row."
             )
 

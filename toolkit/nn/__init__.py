@@ -8,10 +8,12 @@ from toolkit.nn._activations import (
     tempered_sigmoid,
 )
 from toolkit.nn._models import (
+    PAPER_CNNS,
     Cifar10CNN,
     MnistCNN,
     WSConv,
     build_model,
+    build_paper_cnn,
     count_params,
     standardize_kernel,
 )
@@ -23,7 +25,9 @@ __all__ = [
     "Cifar10CNN",
     "MnistCNN",
     "WSConv",
+    "PAPER_CNNS",
     "build_model",
+    "build_paper_cnn",
     "count_params",
     "get_activation",
     "standardize_kernel",

@@ -146,6 +146,8 @@ class Cifar10CNN(nnx.Module):
 
 
 _MODELS = {"mnist": MnistCNN, "fashion-mnist": MnistCNN, "cifar10": Cifar10CNN}
+# "paper-cnn" picks the paper's CNN by the input shape (H, W, C) of the data.
+PAPER_CNNS = {(28, 28, 1): MnistCNN, (32, 32, 3): Cifar10CNN}
 
 
 def build_model(
@@ -155,6 +157,27 @@ def build_model(
     if dataset not in _MODELS:
         raise ToolkitError(f"dataset={dataset!r} is unknown; expected one of {', '.join(_MODELS)}.")
     return _MODELS[dataset](
+        activation.build(),
+        rngs=nnx.Rngs(params=seed),
+        weight_standardization=weight_standardization,
+    )
+
+
+def build_paper_cnn(
+    input_shape: tuple[int, ...],
+    activation: ActivationSpec,
+    *,
+    seed: int,
+    weight_standardization: bool = False,
+) -> nnx.Module:
+    """The paper's CNN for images of `input_shape` (28x28x1 or 32x32x3), from `seed`."""
+    shape = tuple(int(d) for d in input_shape)
+    if shape not in PAPER_CNNS:
+        raise ToolkitError(
+            f"model='paper-cnn' takes images of shape 28x28x1 (MNIST's CNN) or 32x32x3 "
+            f"(CIFAR-10's); the data has inputs of shape {shape}: pass your own --model."
+        )
+    return PAPER_CNNS[shape](
         activation.build(),
         rngs=nnx.Rngs(params=seed),
         weight_standardization=weight_standardization,

@@ -100,7 +100,7 @@ class PrivacyParams:
 
     @property
     def steps_per_epoch(self) -> int:
-        """N // B: an epoch is this many Poisson draws (`toolkit.privacy._sampling.steps_per_epoch`)."""
+        """N // B: an epoch is this many Poisson draws (`toolkit.privacy.steps_per_epoch`)."""
         return steps_per_epoch(self.num_examples, self.batch_size)
 
     @property

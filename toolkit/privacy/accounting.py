@@ -54,7 +54,7 @@ from toolkit.base import ToolkitError, quiet_accounting_logs
 from toolkit.base.choices import ACCOUNTANTS
 from toolkit.privacy._sampling import steps_per_epoch
 
-quiet_accounting_logs()  # dp-accounting's non-convergence notes do not change eps (toolkit.base._logs)
+quiet_accounting_logs()  # dp-accounting's non-convergence notes do not change eps (toolkit.base)
 
 # TensorFlow Privacy's historical order grid (compute_dp_sgd_privacy); reproduces its numbers.
 CLASSIC_RDP_ORDERS: tuple[float, ...] = tuple(

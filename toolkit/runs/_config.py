@@ -1,24 +1,41 @@
-"""The training configuration, the paper's presets, and input validation.
+"""The run configuration, the paper's presets, and input validation.
 
-`TrainConfig` is frozen and holds every setting of a run; `config.json` in a
-run directory is `TrainConfig.to_dict()` plus provenance. Validation happens
-here, once, outside jit: every error names the argument, the value and what
-is allowed.
+`RunConfig` is frozen and holds every setting of a run, whether it was started by
+`toolkit train` or by `toolkit.fit`; `config.json` in a run directory is
+`RunConfig.to_dict()` plus provenance. The model, the data, the loss and the optimizer
+are recorded by name (`model`, `dataset`, `loss`, `optimizer` with `lr`, `momentum`,
+`lr_schedule`, `warmup_epochs`), so another process can rebuild them: a registry name
+("paper-cnn", "fashion-mnist", "softmax_cross_entropy", "sgd"), a data file's path, or an
+import path `package.module:attribute` (`toolkit.base.specs`). An object given in Python
+without an import path is recorded as `python:<name>`; its run is continued from Python.
+
+Validation happens here, once, outside jit: every error names the argument, the value
+and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from toolkit.privacy import accounting, calibrate_noise_multiplier
 from toolkit.nn import ActivationSpec
-from toolkit.base import ToolkitError
-from toolkit.base.choices import CLIPPING_RULES, IMPLEMENTATIONS, LR_SCHEDULES, OPTIMIZERS, SAMPLINGS
-from toolkit.data import DATASETS
+from toolkit.base import ToolkitError, specs
+from toolkit.base.choices import (
+    CLIPPING_RULES,
+    IMPLEMENTATIONS,
+    LOSSES,
+    LR_SCHEDULES,
+    MODELS,
+    OPTIMIZERS,
+    SAMPLINGS,
+)
+from toolkit.data import DATASETS, FORMATS
 from toolkit.privacy import steps_per_epoch
 
 # Settings that only a private run uses: `--no-privacy` (private = false) with any is an error.
@@ -34,17 +51,17 @@ MAX_STEPS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class RunConfig:
     """Every setting of a DP-SGD (or non-private) training run."""
 
-    dataset: str = "fashion-mnist"
-    activation: ActivationSpec = ActivationSpec("tanh")
+    dataset: str = "fashion-mnist"  # a name in DATASETS, a data file (.npz, .csv), python:
+    activation: ActivationSpec | None = ActivationSpec("tanh")  # paper-cnn's; None otherwise
     epochs: int = 1
     batch_size: int = 256  # expected logical batch: q = batch_size / N
     max_physical_batch: int = 512  # micro-batch cap; speed and memory only, not privacy
     per_example: str = "auto"  # per-example gradient path (toolkit.training._dpsgd.IMPLEMENTATIONS)
-    optimizer: str = "sgd"
-    lr: float = 0.1
+    optimizer: str = "sgd"  # a name in OPTIMIZERS, or python:<name> (an optax object)
+    lr: float | None = 0.1  # None only for an optimizer given as an optax object
     momentum: float = 0.0  # heavy-ball momentum for sgd; 0 = none
     private: bool = True  # False: C = inf and sigma = 0 through the same code path
     clipping: str = "flat"
@@ -68,25 +85,41 @@ class TrainConfig:
     augmult: int = 0  # K >= 1: K random shift/flip views per example, averaged before clipping
     weight_standardization: bool = False  # scaled WS of the conv kernels (toolkit.nn._models)
     keep_checkpoints: int = 0  # K >= 1: also keep checkpoint-epoch{E}.npz every K epochs
+    model: str = "paper-cnn"  # a name in MODELS, package.module:factory, or python:<class>
+    loss: str = "softmax_cross_entropy"  # a name in LOSSES, package.module:fn, or python:
+    classification: bool = True  # evaluate accuracy (by argmax, or by sign for one logit)
 
     # Left out of the config hash at these values, so that runs recorded before these
     # fields existed keep their hash (and resume).
     HASH_DEFAULTS: ClassVar[dict[str, Any]] = {
         "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
         "augmult": 0, "weight_standardization": False, "keep_checkpoints": 0,
+        "model": "paper-cnn", "loss": "softmax_cross_entropy", "classification": True,
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["activation"] = self.activation.to_dict()
+        d["activation"] = None if self.activation is None else self.activation.to_dict()
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        d["activation"] = ActivationSpec.from_dict(d["activation"])
+        if d.get("activation") is not None:
+            d["activation"] = ActivationSpec.from_dict(d["activation"])
         return cls(**d)
+
+    @property
+    def paper_model(self) -> bool:
+        return self.model == "paper-cnn"
+
+    @property
+    def label(self) -> str:
+        """What was trained: the paper CNN's activation, or the model's name."""
+        if self.activation is not None:
+            return self.activation.label
+        return self.model.removeprefix(specs.PYTHON).rsplit(":", 1)[-1]
 
 
 # The paper's settings. Papernot et al. do not publish batch size, sigma or C;
@@ -177,13 +210,13 @@ def _type_ok(value: Any, kind: Any) -> bool:
     return isinstance(value, kind)
 
 
-def check_types(cfg: TrainConfig) -> None:
+def check_types(cfg: RunConfig) -> None:
     """Each field holds a value of its annotated type (TOML, JSON and Python callers).
 
     The CLI's parser types its flags already; a sweep file or a recorded config.json
     can hold `epochs = 1.5` or `lr = "0.1"`, which the range checks would not catch.
     """
-    hints = typing.get_type_hints(TrainConfig)
+    hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(cfg):
         value, hint = getattr(cfg, f.name), hints[f.name]
         kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
@@ -196,13 +229,67 @@ def check_types(cfg: TrainConfig) -> None:
         )
 
 
-def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
+def _check_sources(cfg: RunConfig) -> None:
+    """The data set, model and loss are names the toolkit knows or can import."""
+    named = cfg.dataset in DATASETS or cfg.dataset.startswith(specs.PYTHON)
+    _require(
+        named or cfg.dataset.lower().endswith(FORMATS),
+        f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}, or a "
+        f"data file ({', '.join(FORMATS)}).",
+    )
+    for field, names, what in (("model", MODELS, "factory"), ("loss", LOSSES, "fn")):
+        value = getattr(cfg, field)
+        _require(
+            value in names or value.startswith(specs.PYTHON) or specs.is_import_spec(value),
+            f"{field}={value!r} is unknown; expected one of {', '.join(names)}, or "
+            f"package.module:{what}.",
+        )
+    if cfg.paper_model:
+        _require(
+            cfg.activation is not None,
+            "model='paper-cnn' needs an activation (relu, tanh, tempered, ...).",
+        )
+    else:
+        _require(
+            cfg.activation is None and not cfg.weight_standardization,
+            f"activation and weight_standardization set the paper CNN; model={cfg.model!r} is "
+            "your own: leave them unset.",
+        )
+
+
+def _check_optimizer(cfg: RunConfig) -> None:
+    if cfg.optimizer.startswith(specs.PYTHON):  # an optax object: its settings are its own
+        _require(
+            (cfg.lr, cfg.momentum, cfg.lr_schedule, cfg.warmup_epochs)
+            == (None, 0.0, "constant", 0),
+            f"optimizer={cfg.optimizer!r} is an optax object; lr, momentum, lr_schedule and "
+            "warmup_epochs must be unset (they describe a built-in optimizer).",
+        )
+        return
+    _require(
+        cfg.optimizer in OPTIMIZERS,
+        f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",
+    )
+    # No upper bound: a too large lr diverges, which is its own clean error (exit 3).
+    _require(
+        cfg.lr is not None and math.isfinite(cfg.lr) and cfg.lr > 0,
+        f"lr={cfg.lr} must be finite and > 0.",
+    )
+    _require(0 <= cfg.momentum < 1, f"momentum={cfg.momentum} must be in [0, 1).")
+    _require(
+        cfg.lr_schedule in LR_SCHEDULES,
+        f"lr_schedule={cfg.lr_schedule!r} is unknown; expected one of {', '.join(LR_SCHEDULES)}.",
+    )
+    _require(
+        0 <= cfg.warmup_epochs < cfg.epochs,
+        f"warmup_epochs={cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}).",
+    )
+
+
+def validate(cfg: RunConfig, *, num_examples: int | None = None) -> None:
     """Raise ToolkitError for the first invalid setting; warn on delta >= 1/N."""
     check_types(cfg)
-    _require(
-        cfg.dataset in DATASETS,
-        f"dataset={cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.",
-    )
+    _check_sources(cfg)
     _require(1 <= cfg.epochs <= MAX_EPOCHS, f"epochs={cfg.epochs} must be in [1, {MAX_EPOCHS}].")
     _require(0 <= cfg.seed < 2**63, f"seed={cfg.seed} must be in [0, 2**63).")  # numpy, jax keys
     _require(
@@ -218,13 +305,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
         f"per_example={cfg.per_example!r} is unknown; "
         f"expected one of {', '.join(IMPLEMENTATIONS)}.",
     )
-    _require(
-        cfg.optimizer in OPTIMIZERS,
-        f"optimizer={cfg.optimizer!r} is unknown; expected one of {', '.join(OPTIMIZERS)}.",
-    )
-    # No upper bound: a too large lr diverges, which is its own clean error (exit 3).
-    _require(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr={cfg.lr} must be finite and > 0.")
-    _require(0 <= cfg.momentum < 1, f"momentum={cfg.momentum} must be in [0, 1).")
+    _check_optimizer(cfg)
     _require(
         cfg.clipping in CLIPPING_RULES,
         f"clipping={cfg.clipping!r} is unknown; expected one of {', '.join(CLIPPING_RULES)}.",
@@ -263,14 +344,6 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
     _require(
         not (cfg.weight_standardization and cfg.per_example == "bookkeeping"),
         "weight_standardization runs on the vmap path; per_example='bookkeeping' cannot run it.",
-    )
-    _require(
-        cfg.lr_schedule in LR_SCHEDULES,
-        f"lr_schedule={cfg.lr_schedule!r} is unknown; expected one of {', '.join(LR_SCHEDULES)}.",
-    )
-    _require(
-        0 <= cfg.warmup_epochs < cfg.epochs,
-        f"warmup_epochs={cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}).",
     )
     _require(
         cfg.ema_decay is None or (math.isfinite(cfg.ema_decay) and 0 < cfg.ema_decay < 1),
@@ -318,7 +391,7 @@ def validate(cfg: TrainConfig, *, num_examples: int | None = None) -> None:
             )
 
 
-def resolve(cfg: TrainConfig, *, num_examples: int) -> TrainConfig:
+def resolve(cfg: RunConfig, *, num_examples: int) -> RunConfig:
     """Validate and fill in derived settings: sigma from target eps, non-private limits."""
     validate(cfg, num_examples=num_examples)
     if not cfg.private:
@@ -349,13 +422,16 @@ def from_flags(
     inverse_temp: float | None = None,
     offset: float | None = None,
     no_privacy: bool = False,
-) -> TrainConfig:
-    """A `TrainConfig` from command-line flags: `base` < preset < `file` < flags.
+) -> RunConfig:
+    """A `RunConfig` from command-line flags: `base` < preset < `file` < flags.
 
     A flag of None was not given. `file` holds a settings file's values
     (`toolkit.runs._config_file`); its `preset` key is used when `preset_name` is None.
     `no_privacy` with a flag only a private run uses (`PRIVACY_ONLY`) is an error, and so
     is a `clip_norm` flag with automatic clipping, which has no clip norm.
+
+    With `model` other than "paper-cnn", a preset's activation and weight
+    standardisation (the paper CNN's) are not used; as flags they are an error.
 
     `noise_multiplier` and `target_epsilon` replace the preset's pair together (a preset
     that calibrates to an eps and a flag sigma would otherwise conflict). The tempered
@@ -377,8 +453,19 @@ def from_flags(
     if any(flags.get(k) is not None for k in pair):
         settings.update({k: flags.get(k) for k in pair})
     shape = {"scale": scale, "inverse_temp": inverse_temp, "offset": offset}
-    if activation is not None or any(v is not None for v in shape.values()):
-        current = settings.get("activation", TrainConfig.activation)
+    if settings.get("model", "paper-cnn") != "paper-cnn":
+        # Your own model: the activation and weight standardisation describe the paper
+        # CNN. Given as flags they are an error (validate); from a preset they do not apply.
+        if activation is not None or any(v is not None for v in shape.values()):
+            raise ToolkitError(
+                f"--activation/--scale/--inverse-temp/--offset set the paper CNN's activation; "
+                f"--model={settings['model']} is your own model: drop them."
+            )
+        settings["activation"] = None
+        if flags.get("weight_standardization") is None:
+            settings["weight_standardization"] = False
+    elif activation is not None or any(v is not None for v in shape.values()):
+        current = settings.get("activation", RunConfig.activation)
         if isinstance(current, str):
             current = ActivationSpec(current)
         name = activation or current.name
@@ -401,4 +488,37 @@ def from_flags(
         )
     if no_privacy:
         settings["private"] = False
-    return TrainConfig(**settings)
+    return RunConfig(**settings)
+
+
+# config.json "kind": "run" since one format serves `toolkit train` and `toolkit.fit`;
+# "train" (a `toolkit train` run) and "fit" (`toolkit.fit`, its own fields) before that.
+KINDS = ("run", "train", "fit")
+
+
+def config_from_record(record: Mapping[str, Any], *, where: str) -> RunConfig:
+    """The `RunConfig` of a config.json record, of any kind this toolkit wrote."""
+    kind = record.get("kind", "train")  # runs written before the library API are train runs
+    if kind not in KINDS:
+        raise ToolkitError(
+            f"{where} has kind {kind!r}; this toolkit reads the kinds {', '.join(KINDS)}."
+        )
+    try:
+        d = record["config"]
+        if kind != "fit":
+            return RunConfig.from_dict(d)
+        augment = re.search(r"k=(\d+)", d.get("augment") or "")
+        return RunConfig(
+            dataset=specs.PYTHON + "arrays", activation=None, epochs=d["epochs"],
+            batch_size=d["batch_size"], max_physical_batch=d["max_physical_batch"],
+            per_example=d["per_example"], optimizer=specs.PYTHON + d["optimizer"], lr=None,
+            clipping=d["clipping"], clip_norm=d["clip_norm"], gamma=d["gamma"],
+            noise_multiplier=d["noise_multiplier"], target_epsilon=d["target_epsilon"],
+            delta=d["delta"], accountant=d["accountant"], sampling=d["sampling"],
+            seed=d["seed"], ema_decay=d.get("ema_decay"),
+            augmult=int(augment.group(1)) if augment else 0,
+            model=specs.PYTHON + d["model"],
+            loss=d["loss"] if d["loss"] in LOSSES else specs.PYTHON + d["loss"],
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ToolkitError(f"{where} is not a valid run config ({type(e).__name__}: {e}).") from None

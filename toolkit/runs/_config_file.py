@@ -2,7 +2,7 @@
 
 Two kinds of file:
 
-- TOML: top-level keys are `TrainConfig` fields (`epochs = 40`, `clip_norm = 0.1`; dashes
+- TOML: top-level keys are `RunConfig` fields (`epochs = 40`, `clip_norm = 0.1`; dashes
   are accepted for underscores), plus `preset` (a paper setting the file starts from)
   and `activation` as a name or a table `{name, scale, inverse_temp, offset}`.
 - JSON: a run's `config.json`; its `requested` settings (what the run was asked to do,
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.nn import ActivationSpec
-from toolkit.runs._config import PRIVACY_ONLY, TrainConfig
+from toolkit.runs._config import PRIVACY_ONLY, RunConfig
 from toolkit.base import ToolkitError
 
 if sys.version_info >= (3, 11):
@@ -36,7 +36,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
     "int | None": (int,), "float | None": (int, float), "str | None": (str,),
 }  # fmt: skip
-_FIELDS = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "activation"}
+_FIELDS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "activation"}
 _ACTIVATION_KEYS = ("name", "scale", "inverse_temp", "offset")
 
 

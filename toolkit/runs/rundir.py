@@ -1,7 +1,8 @@
 """The run directory: the complete, reproducible record of one training run.
 
     DIR/config.json     every setting (resolved: the calibrated sigma), seed, provenance,
-                        "kind" ("train": a `toolkit train` run; "fit": `toolkit.fit`)
+                        "kind" "run" (`toolkit train` and `toolkit.fit` alike; older
+                        directories say "train" or "fit": `config_from_record` reads all)
     DIR/epochs.jsonl    one `records.EpochRecord` per finished epoch
     DIR/summary.json    the `records.RunSummary` (written when the run ends)
     DIR/checkpoint.npz  params, model state and optimizer state, each array named by its
@@ -152,10 +153,10 @@ def remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def write_config(out: Path, cfg: Any, extra: dict[str, Any], *, kind: str = "train") -> None:
+def write_config(out: Path, cfg: Any, extra: dict[str, Any], *, kind: str = "run") -> None:
     """Create `out` and write config.json; on failure leave no empty `out` behind.
 
-    `cfg` is a `TrainConfig` (kind "train") or an `api.FitConfig` (kind "fit").
+    `cfg` is the run's resolved `RunConfig`.
     """
     created = not out.exists()
     record = {
@@ -385,15 +386,28 @@ def load_checkpoint(
     tree = {"params": params, "opt_state": opt_state, "state": state}  # None: not restored
     leaves, treedef = jax.tree.flatten(tree)
     names = [f"tree/{n}" for n in _named(tree)]
-    restored = _restore(treedef, leaves, [arrays.get(n) for n in names], names, bad)
+    wanted = {n for n, leaf in zip(names, leaves, strict=True) if leaf is not None}
+    extra = sorted(
+        n for n in arrays if n.startswith("tree/params/") and n not in wanted
+    )  # the checkpoint holds parameters the model lacks
+    if extra:
+        raise ToolkitError(f"{_mismatch(path)} (the model has no array {extra[0]}).")
+    restored = _restore(treedef, leaves, [arrays.get(n) for n in names], names, _mismatch(path))
     return restored["params"], restored["opt_state"], restored["state"], key, meta
+
+
+def _mismatch(path: Path) -> str:
+    return (
+        f"the model or optimizer given does not match the checkpoint {path}, which is "
+        "intact: pass the ones the run trained (same classes and shapes)"
+    )
 
 
 def _restore(treedef, template, arrays, names, bad):
     new = []
     for old, arr, name in zip(template, arrays, names, strict=True):
         if arr is None:
-            raise ToolkitError(f"{bad} (no array {name}: was it written for another model?).")
+            raise ToolkitError(f"{bad} (the checkpoint has no array {name}).")
         if _is_key(old):
             if arr.shape != jax.random.key_data(old).shape:
                 raise ToolkitError(f"{bad} (key {name} has shape {arr.shape}).")
@@ -401,8 +415,8 @@ def _restore(treedef, template, arrays, names, bad):
             continue
         if old.shape != arr.shape or old.dtype != arr.dtype:
             raise ToolkitError(
-                f"{bad} (array {name} is {arr.shape} {arr.dtype}, the model has "
-                f"{old.shape} {old.dtype}: another model?)."
+                f"{bad} (array {name} is {arr.shape} {arr.dtype} in the checkpoint, "
+                f"{old.shape} {old.dtype} in the model)."
             )
         new.append(jax.numpy.asarray(arr))
     return jax.tree.unflatten(treedef, new)

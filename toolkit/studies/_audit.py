@@ -60,12 +60,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from toolkit import grads
+from toolkit import training as train_lib
 from toolkit.base import ToolkitError, atomic_write_bytes, default_mode
 from toolkit.data import Dataset, load_dataset, to_float
 from toolkit.privacy import NON_PRIVATE_LABEL, accounting
-from toolkit.runs import AuditRecord, TrainConfig, resolve, rundir
+from toolkit.runs import AuditRecord, RunConfig, resolve, rundir
 from toolkit.studies._audit_stats import audit_scores, check_confidence
-from toolkit.training import _train as train_lib
 from toolkit.training import progress_display
 
 _AUDIT_TAG = 3  # SeedSequence stream of the audit (samplers use 1 and 2)
@@ -103,7 +104,7 @@ def make_canaries(data: Dataset, *, base: int, m: int, seed: int) -> Canaries:
 
 
 def train_with_canaries(
-    cfg: TrainConfig, data: Dataset, canaries: Canaries, *, progress: bool = False
+    cfg: RunConfig, data: Dataset, canaries: Canaries, *, progress: bool = False
 ) -> tuple[nnx.Module, int]:
     """DP-SGD on the base set plus the included canaries, with `q` fixed by all slots.
 
@@ -123,7 +124,7 @@ def train_with_canaries(
     params, _, _ = s.loop.run(
         s.params, s.opt_state, progress=progress_display(progress, "audit training")
     )
-    model = train_lib.merge(s.loop.graphdef, params, s.loop.state)
+    model = grads.merge(s.loop.graphdef, params, s.loop.state)
     return model, s.loop.epochs * s.loop.steps_per_epoch
 
 
@@ -149,7 +150,7 @@ def _losses_and_correct(model: nnx.Module, images: np.ndarray, labels: np.ndarra
 
 
 def run_audit(
-    cfg: TrainConfig,
+    cfg: RunConfig,
     *,
     canaries: int,
     confidence: float = 0.95,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ from flax import nnx
 
 from toolkit import grads as cg
 from toolkit.base import ToolkitError, atomic_write_json, outputs
-from toolkit.data import to_float
 from toolkit.grads import clipping as clip_lib
-from toolkit.runs import rundir
+from toolkit.runs import RunConfig, config_from_record, rundir
+from toolkit.training import Objects, init_model, load_data, load_run, loss_of, model_inputs
 
 DIAGNOSTIC_LABEL = (
     "diagnostic computed on private training data without noise: not covered by eps, "
@@ -114,9 +115,10 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @functools.cache
-def _sums_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float):
+def _sums_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float,
+             loss_fn=None):  # fmt: skip
     """Jitted `(params, state, x, y) -> (sum g_i, sum clip(g_i), ||g_i||)`, one per model."""
-    grads_fn = cg.per_example_grads_fn(graphdef)
+    grads_fn = cg.per_example_grads_fn(graphdef, loss_fn)
 
     @jax.jit
     def sums(params, state, x, y):
@@ -139,8 +141,10 @@ def measure(
     gamma: float = 0.01,
     chunk: int = 256,
     epoch: int = 0,
+    loss_fn: cg.LossFn | None = None,
 ) -> BiasPoint:
-    """The clipping bias of `model` on (images, labels), softmax cross-entropy loss.
+    """The clipping bias of `model` on (images, labels) under `loss_fn` (default softmax
+    cross-entropy).
 
     Per-example gradients by `jax.vmap(jax.grad)` (`toolkit.grads._per_example`), in chunks of
     `chunk` examples (memory only); sums accumulated in float64.
@@ -148,7 +152,8 @@ def measure(
     if not clip_norm > 0:
         raise ToolkitError(f"clip_norm={clip_norm} must be > 0.")
     graphdef, params, state = cg.split_model(model)
-    sums = _sums_fn(graphdef, clip_norm=clip_norm, clipping=clipping, gamma=gamma)
+    sums = _sums_fn(graphdef, clip_norm=clip_norm, clipping=clipping, gamma=gamma,
+                    loss_fn=loss_fn)  # fmt: skip
     n = len(labels)
     total = clipped_total = None
     norms = []
@@ -196,27 +201,28 @@ def measure(
     )
 
 
-def check_run(run: str | Path, *, clip_norm: float | None = None) -> tuple[Any, dict, float]:
-    """`(config, {epoch: kept checkpoint}, C)` of a run; a one-line ToolkitError if unusable."""
-    from toolkit.runs import TrainConfig
+def check_run(
+    run: str | Path, *, clip_norm: float | None = None, objects: Objects = Objects()
+) -> tuple[RunConfig, dict, float]:
+    """`(config, {epoch: kept checkpoint}, C)` of a run; a one-line ToolkitError if unusable.
 
+    A run whose model or data was given in Python (`python:` in its config) needs them
+    again in `objects` (from Python; the command line cannot).
+    """
     run = Path(run)
     if not run.is_dir():
         raise ToolkitError(f"RUN_DIR={run} does not exist or is not a directory.")
     if not (run / rundir.CONFIG).is_file():
         raise ToolkitError(f"RUN_DIR={run} is not a run directory ({rundir.CONFIG} missing).")
-    record = rundir.read_config(run)
-    if record.get("kind", "train") != "train":
-        raise ToolkitError(f"RUN_DIR={run} is a {record.get('kind')} run; expected toolkit train.")
-    try:
-        cfg = TrainConfig.from_dict(record["config"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ToolkitError(f"{run / rundir.CONFIG} is not a valid run config ({e}).") from None
+    cfg = config_from_record(rundir.read_config(run), where=str(run / rundir.CONFIG))
+    needed = Objects(model=objects.model, train_data=objects.train_data)
+    needed.check(dataclasses.replace(cfg, loss="softmax_cross_entropy", optimizer="sgd"),
+                 where=f"RUN_DIR={run}")  # fmt: skip
     kept = rundir.kept_checkpoints(run)
     if not kept:
         raise ToolkitError(
             f"RUN_DIR={run} has no kept checkpoints ({rundir.KEPT_PREFIX}E.npz); train it with "
-            "--keep-checkpoints K."
+            "--keep-checkpoints K (toolkit.fit: keep_checkpoints=K)."
         )
     if clip_norm is None:
         if not cfg.private:
@@ -231,34 +237,44 @@ def check_run(run: str | Path, *, clip_norm: float | None = None) -> tuple[Any, 
 
 
 def run_bias(
-    run: str | Path, *, sample_size: int = 1000, seed: int = 0, clip_norm: float | None = None
+    run: str | Path,
+    *,
+    sample_size: int = 1000,
+    seed: int = 0,
+    clip_norm: float | None = None,
+    model: nnx.Module | Callable[..., nnx.Module] | None = None,
+    train_data: tuple[Any, Any] | None = None,
 ) -> RunBias:
     """The clipping bias at the initialisation and at every checkpoint kept in `run`.
 
     Args:
-        run: A `toolkit train` run directory written with --keep-checkpoints K.
+        run: A run directory written with `keep_checkpoints` K (`toolkit train` or `fit`).
         sample_size: Number of training examples, drawn without replacement from `seed`.
         seed: Seed of the sample (the same seed and run give the same sample).
         clip_norm: C to clip at; default the run's C. Required for a non-private run.
+        model, train_data: The run's model (an instance of the trained structure, or its
+            factory) and training arrays, when they were given in Python.
     """
-    from toolkit.training import _fit as api
-    from toolkit.training import _train as train
-
-    cfg, kept, clip_norm = check_run(run, clip_norm=clip_norm)
+    objects = Objects(model=model, train_data=train_data)
+    cfg, kept, clip_norm = check_run(run, clip_norm=clip_norm, objects=objects)
     clipping = cfg.clipping if cfg.private else "flat"
-    data = train.load_data(cfg)
+    data = load_data(cfg, objects)
     n = len(data.train_labels)
     if not 1 <= sample_size <= n:
         raise ToolkitError(f"--sample={sample_size} must be in [1, {n}] (the run's training set).")
     idx = np.sort(np.random.default_rng(seed).choice(n, size=sample_size, replace=False))
-    x = to_float(data.train_images[idx])
-    y = data.train_labels[idx]
-    kw = dict(clip_norm=clip_norm, clipping=clipping, gamma=cfg.gamma)
-    points = [measure(train.init_model(cfg)[0], x, y, epoch=0, **kw)]
+    x = jnp.asarray(model_inputs(data, data.train_images[idx]))
+    y = jnp.asarray(data.train_labels[idx])
+    kw = dict(
+        clip_norm=clip_norm, clipping=clipping, gamma=cfg.gamma, loss_fn=loss_of(cfg, objects)
+    )
+    start = init_model(cfg, data, objects) if not isinstance(model, nnx.Module) else None
+    points = [] if start is None else [measure(start, x, y, epoch=0, **kw)]
     for epoch in kept:
-        points.append(measure(api.load_run(run, epoch=epoch).model, x, y, epoch=epoch, **kw))
+        trained = load_run(run, epoch=epoch, model=model).model
+        points.append(measure(trained, x, y, epoch=epoch, **kw))
     return RunBias(
-        run=str(run), activation=cfg.activation.label, private=cfg.private,
+        run=str(run), activation=cfg.label, private=cfg.private,
         clip_norm=clip_norm, clipping=clipping, sample_size=sample_size,
         sample_seed=seed, points=points,
     )  # fmt: skip

@@ -2,9 +2,9 @@
 
 One logical step, for a sampled batch S and expected batch size B = q N:
 
-    g_i   = grad_theta loss(model_theta(x_i), y_i)           (per example; toolkit.grads._per_example)
+    g_i   = grad_theta loss(model_theta(x_i), y_i)           (per example; toolkit.grads)
     s     = sum_{i in S} clip(g_i)                           (toolkit.grads.clipping)
-    g_hat = (s + N(0, (sigma * Delta)^2 I)) / B              (toolkit.privacy._privatizer; Delta = C flat,
+    g_hat = (s + N(0, (sigma * Delta)^2 I)) / B              (toolkit.privacy; Delta = C flat,
                                                               1 automatic)
     theta <- optimizer(theta, g_hat)                         (any optax transformation)
 
