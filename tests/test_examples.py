@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import REPO
+
+ROOT = REPO
 CASES = [
     ("custom_model_loss.py", "512", ["per-example gradients: vmap", "eps (pld)"]),
     ("tempered_sigmoid_in_your_model.py", "600", ["(s, T, o) = (2.0, 2.0, 1.0)", "(rdp-classic)"]),

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.runs import RunConfig, rundir
+from tests import REPO
 
-HERE = Path(__file__).resolve().parent / "data" / "parent_records"
+HERE = REPO / "tests" / "data" / "parent_records"
 DROP = {"epoch_time_s", "compile_time_s", "train_time_s", "provenance", "requested", "data_dir"}
 runner = CliRunner()
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
+from tests import REPO
 from toolkit.grads import _per_example as per_example
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 STEPS = ["install", "device", "tests", "train", "checks", "bench"]
 
 

@@ -1,4 +1,4 @@
-"""`toolkit.studies` bias against an independent computation; `toolkit bias` end to end, bad input."""
+"""`toolkit.studies` bias against an independent computation; `toolkit bias` end to end."""
 
 from __future__ import annotations
 

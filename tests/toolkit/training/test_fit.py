@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +22,12 @@ import pytest
 from flax import nnx
 
 import toolkit
+from tests import REPO
 from toolkit.base import ToolkitError
 from toolkit.privacy import PoissonSampler
 from toolkit.runs import AuditRecord, EpochRecord, GradNormStats, RunSummary, rundir
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 N, D, K = 240, 6, 3
 
 

@@ -28,7 +28,6 @@ from toolkit.privacy import accounting
 from toolkit.runs import RunConfig, rundir
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
 
 # Two epochs of ten Poisson steps (N = 600, B = 60) on the tiny dataset.
@@ -156,6 +155,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(shared_dir, reference):
 _WRITER = """
 import sys
 from toolkit.base import atomic_write_bytes
+from tests import REPO
 path, old, new = sys.argv[1], b"old" * 700_000, b"new" * 700_000 + b"!"
 atomic_write_bytes(path, old)
 print("ready", flush=True)

@@ -32,7 +32,6 @@ from toolkit.runs import EpochRecord, GradNormStats, load_settings, rundir
 from toolkit.runs import _config as config_lib
 from toolkit.training import compile_time
 
-REPO = Path(__file__).resolve().parent.parent
 PRIVATE = ["--noise-multiplier", "1.0"]
 
 
@@ -212,6 +211,7 @@ if sys.argv[1] == "drop":
     os.execv(sys.executable, [sys.executable, "-c", CODE, "run", *sys.argv[2:]])
 from toolkit.cli import app
 from toolkit.cli import run
+from tests import REPO
 results = []
 for args in json.loads(sys.argv[2]):
     err, out = io.StringIO(), io.StringIO()
