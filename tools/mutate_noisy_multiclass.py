@@ -1,6 +1,6 @@
 """Mutation check of analysis.noisy and analysis.multiclass (run on demand, not in the suite).
 
-    python benchmarks/mutate_noisy_multiclass.py [--workdir DIR]
+    python tools/mutate_noisy_multiclass.py [--workdir DIR]
 
 Copies the repository to a scratch directory, applies each plausible bug below one
 at a time, and runs (a) tests/test_analysis_noisy.py + tests/test_analysis_multiclass.py

@@ -1,0 +1,63 @@
+"""Runs: the configuration of a run (`RunConfig`, presets, validation), its typed records,
+and its directory (`rundir`: config.json, epochs.jsonl, summary.json, checkpoints)."""
+
+from toolkit.runs import rundir
+from toolkit.runs._config import (
+    KINDS,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    MAX_TRAIN,
+    PRESETS,
+    PRIVACY_ONLY,
+    RunConfig,
+    check_types,
+    config_from_record,
+    from_flags,
+    preset,
+    resolve,
+    validate,
+)
+from toolkit.runs._config_file import did_you_mean, load_settings
+from toolkit.runs._records import (
+    AUDIT_NOT_COVERED,
+    EPOCH_NOT_COVERED,
+    SUMMARY_NOT_COVERED,
+    TRAINING_DIAGNOSTICS,
+    AuditRecord,
+    EpochRecord,
+    GradNormStats,
+    RecordError,
+    RunSummary,
+    jsonable,
+)
+
+__all__ = [
+    "AUDIT_NOT_COVERED",
+    "EPOCH_NOT_COVERED",
+    "KINDS",
+    "MAX_BATCH",
+    "MAX_EPOCHS",
+    "MAX_STEPS",
+    "MAX_TRAIN",
+    "PRESETS",
+    "PRIVACY_ONLY",
+    "SUMMARY_NOT_COVERED",
+    "TRAINING_DIAGNOSTICS",
+    "AuditRecord",
+    "EpochRecord",
+    "GradNormStats",
+    "RecordError",
+    "RunConfig",
+    "RunSummary",
+    "check_types",
+    "config_from_record",
+    "did_you_mean",
+    "from_flags",
+    "jsonable",
+    "load_settings",
+    "preset",
+    "resolve",
+    "rundir",
+    "validate",
+]
