@@ -35,7 +35,7 @@ test: setup
 	$(BIN)/pytest -n auto
 
 lint: setup
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 # Optional comparisons (jax-privacy, torch CPU, opacus) are skipped with a note when absent.
 bench: setup
