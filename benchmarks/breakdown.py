@@ -32,7 +32,7 @@ def _functions(dataset: str, batch: int):
     from flax import nnx
 
     from toolkit.grads import _bookkeeping as bookkeeping
-    from toolkit.grads import _clipping as clipping
+    from toolkit.grads import clipping
     from toolkit.nn import ActivationSpec, build_model
 
     graphdef, params = nnx.split(build_model(dataset, ActivationSpec("tanh"), seed=0), nnx.Param)

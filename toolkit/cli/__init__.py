@@ -10,10 +10,11 @@ from toolkit.cli._errors import fail, one_line_errors
 from toolkit.cli._inputs import flag, given_options, show_defaults, train_defaults
 
 from toolkit.cli._app import PLUGIN_GROUP, app  # isort: skip (loads the plugins)
-from toolkit.cli._launch import allocator_env, main, run  # isort: skip
+from toolkit.cli._launch import TUNED_MALLOC, allocator_env, main, run  # isort: skip
 
 __all__ = [
     "PLUGIN_GROUP",
+    "TUNED_MALLOC",
     "allocator_env",
     "app",
     "fail",
