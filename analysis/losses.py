@@ -36,7 +36,17 @@ from jax.typing import ArrayLike
 
 def binary_loss(theta: ArrayLike, z: ArrayLike, y: ArrayLike, *, inverse_temp: ArrayLike):
     """ln(1 + exp(-y T <z, theta>)) for one example (softplus, stable for any margin)."""
-    margin = y * jnp.dot(z, theta)
+    return binary_loss_of_score(jnp.dot(z, theta), y, inverse_temp=inverse_temp)
+
+
+def binary_loss_of_score(score: ArrayLike, y: ArrayLike, *, inverse_temp: ArrayLike):
+    """`binary_loss` as a function of the score s = <z, theta>.
+
+    The loss is a GLM: it depends on theta only through s, so by the chain rule its
+    gradient is (dl/ds) z with norm |dl/ds| ||z||. `analysis.solvers` differentiates
+    this scalar function instead of forming one d-vector per example.
+    """
+    margin = y * score
     return jax.nn.softplus(-inverse_temp * margin)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,15 @@ def theorem1_figure(result: SuiteResult) -> Figure:
         ),
     ] + [Line2D([], [], color=colours[c], lw=3, label=f"C = {c:g}") for c in clips]
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    if result.config.data:
+        sizes = "; ".join(
+            f"{d.name}: n={d.z.shape[0]}, d={d.z.shape[1]}" for d in result.config.data
+        )
+    else:
+        sizes = f"n={result.config.n}, d={result.config.dim}"
     fig.suptitle(
-        f"Theorem 1: clipping bias vs bound (R={radius:g}, n={result.config.n}, "
-        f"d={result.config.dim}; colour = C, T grows to the right)"
+        f"Theorem 1: clipping bias vs bound (R={radius:g}, {sizes}; colour = C, "
+        "T grows to the right)"
     )
     return fig
 
@@ -171,12 +178,15 @@ def tightness_figure(result: SuiteResult) -> Figure:
     """Left: best ratio found and the sharpened ceiling vs C/T. Right: the best witness."""
     found = result.tightness
     if not found:
+        skip = next((s for s in result.skipped if s.name.startswith("5 tightness")), None)
         fig = Figure(figsize=(6, 2), layout="constrained")
         ax = fig.subplots()
         ax.text(
             0.5,
             0.5,
-            "No (T, C) pair with T > C: the bound is 0, nothing to search.",
+            "No (T, C) pair with T > C: the bound is 0, nothing to search."
+            if skip is None
+            else "Tightness search skipped on your data:\n" + textwrap.fill(skip.reason, 60),
             ha="center",
             va="center",
         )

@@ -39,7 +39,28 @@ def table(result: SuiteResult) -> Table:
             c.tolerance,
             "[green]pass[/]" if c.passed else "[bold red]FAIL[/]",
         )
+    for s in result.skipped:
+        t.add_row(s.name, "-", "-", "[yellow]skipped[/]")
     return t
+
+
+def data_lines(result: SuiteResult) -> list[str]:
+    """One line per dataset of your own: file, n, d, scaling and label mapping."""
+    lines = []
+    for d in result.config.data:
+        info = d.describe()
+        line = f"{info['name']}: {info['source']}, n={info['n']}, d={info['d']}"
+        if "scale" in info:
+            labels = ", ".join(f"{k} -> {v:+d}" for k, v in info["label_map"].items())
+            line += (
+                f" (examples {tuple(info['example_shape'])} flattened); z = x / "
+                f"{info['scale']:.6g} (the largest ||x_i||), so max ||z_i|| = 1; labels {labels}"
+            )
+            if info["ignored"]:
+                line += f"; not used: {', '.join(info['ignored'])}"
+        counts = info["class_counts"]
+        lines.append(f"{line}; {counts['-1']} examples at -1, {counts['+1']} at +1")
+    return lines
 
 
 def findings(result: SuiteResult) -> list[str]:
@@ -48,10 +69,18 @@ def findings(result: SuiteResult) -> list[str]:
 
 
 def print_report(result: SuiteResult, console: Console) -> None:
+    if result.config.data:
+        console.print("[bold]Data[/] (the checks on datasets run on these, not on synthetic ones)")
+        for line in data_lines(result):
+            console.print(f"- {line}", highlight=False)
     console.print(table(result))
     console.print("[bold]Findings[/]")
     for line in findings(result):
         console.print(f"- {line}", highlight=False)
+    if result.skipped:
+        console.print("[bold]Skipped[/]")
+        for s in result.skipped:
+            console.print(f"- {s.name}: {s.reason}.", highlight=False)
     total = sum(result.seconds.values())
     console.print(f"(checks took {total:.1f} s)", style="dim")
 
@@ -64,7 +93,8 @@ def _version(package: str) -> str:
 
 
 def to_json(result: SuiteResult) -> dict[str, Any]:
-    """The whole run: configuration, verdicts, every grid cell and tightness witness."""
+    """The whole run: configuration (with each dataset of your own: file, n, d, scaling,
+    label mapping), verdicts, skipped checks and why, every grid cell and tightness witness."""
     cells = []
     for c in result.cells:
         d = dataclasses.asdict(c)
@@ -81,6 +111,7 @@ def to_json(result: SuiteResult) -> dict[str, Any]:
             "config": result.config.to_dict(),
             "passed": result.passed,
             "checks": [c.to_dict() for c in result.checks],
+            "skipped": [s.to_dict() for s in result.skipped],
             "findings": findings(result),
             "theorem1_grid": cells,
             "tightness": found,

@@ -1,4 +1,7 @@
-"""One line of the `bound-check` table: a claim, a measured number, a tolerance, a verdict."""
+"""One line of the `bound-check` table: a claim, a measured number, a tolerance, a verdict.
+
+Or a `Skipped` line: a check that does not apply to the run, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -56,3 +59,14 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     return str(obj)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A check that did not run, and why (printed under the table and kept in the record)."""
+
+    name: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}

@@ -119,6 +119,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "clips each coordinate at C instead of the norm",
     ),
     Mutant(
+        "glm-clip-units",
+        "clip rule",
+        "analysis/solvers.py",
+        "norms = jnp.abs(dl_ds) * z_norms",
+        "norms = jnp.abs(dl_ds)",
+        "the shared-data (GLM) field clips |dl/ds|, not the gradient norm |dl/ds| ||z||",
+    ),
+    Mutant(
         "surrogate-slope",
         "surrogate slope",
         "analysis/losses.py",

@@ -54,9 +54,12 @@ def test_quick_run_passes_and_writes_json_and_figures(tmp_path):
 
     record = json.loads(out.read_text())
     assert record["passed"] is True
-    # 20 rows for the paper's claims (checks 1-6), 8 beyond it (Theorem 1's relations,
-    # the sharp constant, the invariances), 4 for noisy clipped GD and 3 for multiclass.
-    assert len(record["checks"]) == 35 and all(c["passed"] for c in record["checks"])
+    # 20 rows for the paper's claims (checks 1-6), 9 beyond it (Theorem 1's relations and
+    # Frank-Wolfe gap, the sharp constant, the invariances), 4 for noisy clipped GD and 3
+    # for multiclass. Synthetic data: nothing is skipped.
+    assert len(record["checks"]) == 36 and all(c["passed"] for c in record["checks"])
+    assert record["skipped"] == [] and record["config"]["data"] == []
+    assert (record["config"]["n"], record["config"]["dim"]) == (16, 3)
     assert record["config"]["temperatures"] == [1.0, 4.0]
     for cell in record["theorem1_grid"]:
         # The bound recomputed from its definition, and the theorem's inequality.

@@ -256,3 +256,61 @@ def test_certificate_is_reproduced_mid_momentum():
     assert not sol.certified[0] and sol.iterations[0] == solvers.PLAIN_STEPS + 25
     assert np.linalg.norm(sol.anchor[0] - sol.theta[0]) > 0  # momentum is active
     assert solvers.recheck_certificate(sol, d.z[None], d.y[None], **args).max() <= 1.0
+
+
+def test_shared_data_glm_path_matches_the_per_example_path():
+    # The same problems solved two ways: z of shape (n, d) shared by the batch (the GLM
+    # field, Z^T (dl/ds * factors) / n) and z stacked per problem (autodiff of every
+    # per-example gradient). Includes a momentum-phase problem (T = 32, C = 0.01).
+    d = make_datasets(n=32, dim=4, seed=2)[3]  # `spread`: norms over 3 decades
+    args = dict(
+        inverse_temp=np.array([1.0, 4.0, 32.0, 4.0]),
+        clip_norm=np.array([0.3, 0.5, 0.01, math.inf]),
+        radius=np.array([1.0, 1.0, 4.0, 1.0]),
+    )
+    shared = solvers.projected_gd(d.z, d.y, **args, tol=1e-10)
+    stacked = solvers.projected_gd(np.stack([d.z] * 4), np.stack([d.y] * 4), **args, tol=1e-10)
+    assert shared.certified.all() and stacked.certified.all()
+    assert shared.ever_clipped.tolist() == stacked.ever_clipped.tolist() == [
+        True, True, True, False,
+    ]  # fmt: skip
+    for i, (t, c) in enumerate(zip(args["inverse_temp"], args["clip_norm"])):
+        a, _ = solvers.surrogate_value_and_grad(shared.theta[i], d.z, d.y, inverse_temp=t,
+                                                clip_norm=c)  # fmt: skip
+        b, _ = solvers.surrogate_value_and_grad(stacked.theta[i], d.z, d.y, inverse_temp=t,
+                                                clip_norm=c)  # fmt: skip
+        # Both are within their certificate of the same minimum value.
+        assert abs(a - b) <= shared.gap[i] + stacked.gap[i]
+    # The certificates of the shared path are redone in numpy like the stacked ones.
+    assert solvers.recheck_certificate(shared, d.z, d.y, **{k: args[k] for k in
+                                       ("inverse_temp", "clip_norm")}).max() <= 1.0  # fmt: skip
+
+
+@float64
+def test_glm_field_equals_the_per_example_field():
+    # Two formulas for mean_i clip_C(grad l_i): round-off only (gradients are O(T) = O(4)).
+    rng = np.random.default_rng(5)
+    d = make_datasets(n=40, dim=6, seed=5)[3]
+    norms = np.linalg.norm(d.z, axis=1)
+    for c in (0.05, 0.5, math.inf):
+        theta = rng.normal(size=6)
+        glm, glm_any = solvers._glm_clipped_field(theta, d.z, d.y, norms, 4.0, c)
+        ref, ref_any = solvers._clipped_field(theta, d.z, d.y, 4.0, c)
+        np.testing.assert_allclose(np.asarray(glm), np.asarray(ref), rtol=0, atol=64 * EPS)
+        assert bool(glm_any) == bool(ref_any)
+
+
+def test_frank_wolfe_gap_bounds_the_suboptimality_and_is_small_at_the_optimum():
+    # Closed-form optima (two_cluster): the gap at a point is >= f(point) - f*, and at the
+    # PGD output it is <= 4R ||G|| (derived in solvers.frank_wolfe_gap).
+    z, y, sol = _closed_form_solution(1e-12)
+    for i, (c, th_exact) in enumerate([(C, THETA_CLIPPED), (math.inf, THETA_STAR)]):
+        exact = np.zeros(3)
+        exact[0] = th_exact
+        f_star, _ = solvers.surrogate_value_and_grad(exact, z, y, inverse_temp=T, clip_norm=c)
+        off = exact + np.array([0.3, -0.2, 0.1])  # a point inside the ball, not optimal
+        f_off, _ = solvers.surrogate_value_and_grad(off, z, y, inverse_temp=T, clip_norm=c)
+        gap_off = solvers.frank_wolfe_gap(off, z, y, inverse_temp=T, clip_norm=c, radius=R)
+        assert gap_off >= f_off - f_star > 1e-3
+        gap = solvers.frank_wolfe_gap(sol.theta[i], z, y, inverse_temp=T, clip_norm=c, radius=R)
+        assert -64 * EPS * R * T <= gap <= 4 * R * sol.gradient_mapping[i] + 64 * EPS * R * T
