@@ -10,7 +10,7 @@ the start; for each mutant the snapshot is copied to a temporary directory and
 the substitution applied there (the worktree is never touched, and edits made
 while the runner works do not leak in), and two detectors run in that copy:
 
-- the analysis tests: `python -m pytest tests/test_analysis_*.py -x -q`;
+- the analysis tests: `python -m pytest tests/analysis/test_*.py -x -q`;
 - `python -m toolkit bound-check --quick` (exit 1: a check failed).
 
 A mutant is killed by a detector when the detector fails (a crash counts, and is
@@ -282,7 +282,7 @@ def run_one(snapshot: Path, mutant: Mutant | None, *, timeout: float) -> Outcome
             _apply(root, mutant)
         # The end-to-end CLI test last: -x then stops at the quicker unit tests first.
         tests = sorted(
-            (str(p.relative_to(root)) for p in root.glob("tests/test_analysis_*.py")),
+            (str(p.relative_to(root)) for p in root.glob("tests/analysis/test_*.py")),
             key=lambda name: (name.endswith("_cli.py"), name),
         )
         t = _run(

@@ -3,7 +3,7 @@
     python tools/mutate_noisy_multiclass.py [--workdir DIR]
 
 Copies the repository to a scratch directory, applies each plausible bug below one
-at a time, and runs (a) tests/test_analysis_noisy.py + tests/test_analysis_multiclass.py
+at a time, and runs (a) tests/analysis/test_noisy.py + tests/analysis/test_multiclass.py
 and (b) the bound-check rows of checks 7 and 8 (`suite_rows(..., quick=True)`). A mutant
 is killed by (a) if pytest fails and by (b) if some row fails. Prints one line per mutant
 and the kill rates.
@@ -161,8 +161,8 @@ def main() -> int:
         "-q",
         "-p",
         "no:cacheprovider",
-        "tests/test_analysis_noisy.py",
-        "tests/test_analysis_multiclass.py",
+        "tests/analysis/test_noisy.py",
+        "tests/analysis/test_multiclass.py",
     ]
     killed_t = killed_r = 0
     for name, rel, old, new in MUTANTS:
