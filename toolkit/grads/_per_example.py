@@ -246,7 +246,7 @@ class ClippedGradFn:
         What they cannot prove: they test 2 x `rows` examples and one draw of the keys,
         not every input; a model that mixes rows only for some inputs or batch sizes, or
         through randomness not held as typed PRNG keys in its state, can pass. The
-        neighbour test of the suite (`tests/test_neighbours.py`) exercises the same
+        neighbour test of the suite (`tests/toolkit/test_neighbours.py`) exercises the same
         property end to end.
         """
         _check_loss_shape(self, params, state, x[:3], y[:3])
@@ -389,6 +389,15 @@ def _check_loss_shape(fn: ClippedGradFn, params, state, x, y) -> None:
             f"loss_fn returned shape {getattr(out, 'shape', type(out))} for a batch of "
             f"{x.shape[0]}; it must return one loss per example, shape (batch,)."
         )
+    if fn.loss_fn is softmax_cross_entropy:
+        logits = jax.eval_shape(lambda p, s: merge(fn.graphdef, p, s)(x), params, state)
+        if len(logits.shape) == 1 or logits.shape[-1] == 1:
+            # softmax over one class is constant: every gradient would be 0
+            raise ToolkitError(
+                f"the model has one output (shape {logits.shape}) and the loss is the default "
+                "softmax cross-entropy, whose gradient is then 0; for a binary model use "
+                "loss_fn='sigmoid_binary_cross_entropy'."
+            )
 
 
 def _deterministic(graphdef, params, state) -> tuple[nnx.GraphDef, Any]:
