@@ -45,7 +45,7 @@ if [ $DRY = 1 ]; then
   EXPECT=cpu
   FORCE=(--force)       # exercise the offline install even where everything is importable
   [ -d "$STAGE/wheels" ] || FORCE=()
-  TESTS=${GPU_CHECK_TESTS:-tests/test_dpsgd.py}
+  TESTS=${GPU_CHECK_TESTS:-tests/toolkit/training/test_dpsgd.py}
   TRAIN=(--epochs 1 --limit-train 512 --batch-size 128)
   BENCH=(--sizes mnist:32 --repeats 1 --memory-logical 32 --memory-micro 16)
   CHECKS=(--quick)
@@ -53,7 +53,7 @@ if [ $DRY = 1 ]; then
 else
   EXPECT=gpu
   FORCE=()
-  TESTS=${GPU_CHECK_TESTS:-tests/test_fast_paths.py tests/test_dpsgd.py}
+  TESTS=${GPU_CHECK_TESTS:-tests/toolkit/grads/test_bookkeeping.py tests/toolkit/training/test_dpsgd.py}
   TRAIN=(--epochs 3)
   BENCH=(--sizes mnist:256 mnist:4096 cifar10:256 cifar10:2048 --repeats 10
          --memory-micro 256 1024 4096)

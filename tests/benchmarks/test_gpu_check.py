@@ -33,7 +33,7 @@ def _run(tmp_path: Path, data_dir: Path, *args: str) -> tuple[subprocess.Complet
         OUT=str(out),
         GPU_STAGE=str(stage),
         GPU_CHECK_SITE=str(tmp_path / "site"),
-        GPU_CHECK_TESTS="tests/test_dpsgd.py::test_noise_std_matches_sigma_times_c",
+        GPU_CHECK_TESTS="tests/toolkit/training/test_dpsgd.py::test_noise_std_matches_sigma_times_c",
         JAX_PLATFORMS="cpu",
     )
     cmd = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "run", *args]

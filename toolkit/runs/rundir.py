@@ -46,9 +46,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from toolkit.base import ToolkitError
-from toolkit.base import atomic_write_bytes, atomic_write_json, atomic_write_text
-from toolkit.runs._records import AuditRecord, EpochRecord, GradNormStats, RecordError, RunSummary, jsonable
+from toolkit.base import ToolkitError, atomic_write_bytes, atomic_write_json, atomic_write_text
+from toolkit.runs._records import (
+    AuditRecord,
+    EpochRecord,
+    GradNormStats,
+    RecordError,
+    RunSummary,
+    jsonable,
+)
 
 CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
     "config.json",
@@ -425,7 +431,7 @@ def _restore(treedef, template, arrays, names, bad):
 def epoch_writer(
     out: Path, *, key: jax.Array, state, cfg_hash: str, steps_per_epoch: int, keep_every: int = 0
 ):
-    """`on_epoch_end(params, opt_state, history)` for `toolkit.training._loop`: checkpoint, then epochs.
+    """`on_epoch_end(params, opt_state, history)` for the training loop: checkpoint, then epochs.
 
     The checkpoint comes first: it holds the history too, so a kill between the two
     writes loses nothing (resume rewrites epochs.jsonl from it). With `keep_every=K`

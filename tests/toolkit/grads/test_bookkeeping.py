@@ -16,8 +16,8 @@ from flax import nnx
 
 from toolkit.base import ToolkitError
 from toolkit.grads import _bookkeeping as bookkeeping
-from toolkit.grads import _clipping as clipping
 from toolkit.grads import _per_example as per_example
+from toolkit.grads import clipping
 from toolkit.nn import ActivationSpec, build_model
 from toolkit.training import _dpsgd as dpsgd
 

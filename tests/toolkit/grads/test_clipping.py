@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 import toolkit
-from toolkit.grads import _clipping as clipping
+from toolkit.grads import clipping
 
 D, K, N = 6, 3, 16
 

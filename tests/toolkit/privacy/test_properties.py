@@ -95,12 +95,12 @@ def _assert_shuffle_labelled_everywhere(out, printed: str) -> None:
 
 def test_shuffled_audit_is_labelled(tiny_data_dir, monkeypatch):
     """The audit record carries the same label (its training is stubbed out: labels only)."""
+    from toolkit import training as train_lib
     from toolkit.runs import RunConfig
     from toolkit.studies import _audit as audit
-    from toolkit.training import _train as train_lib
 
     def no_training(cfg, data, canaries, progress=False):
-        return train_lib.init_model(cfg)[0], 2
+        return train_lib.init_model(cfg, data), 2
 
     monkeypatch.setattr(audit, "train_with_canaries", no_training)
     cfg = RunConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), sampling="shuffle",

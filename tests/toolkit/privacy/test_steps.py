@@ -26,6 +26,7 @@ from toolkit.cli import app
 from toolkit.privacy import ShuffleSampler, accounting, steps_per_epoch
 from toolkit.runs import rundir
 from toolkit.training import _dpsgd as dpsgd
+from toolkit.training import _sources as sources
 from toolkit.training import train
 
 N, B, EPOCHS = 250, 40, 2
@@ -123,8 +124,8 @@ def test_train_runs_the_steps_the_accountant_counts(tiny_data_dir, tmp_path, mon
     """`toolkit train` with --limit-train 250 --batch-size 40, sigma calibrated, cosine lr."""
     made = []
     make_optimizer = dpsgd.make_optimizer
-    monkeypatch.setattr(
-        dpsgd, "make_optimizer", lambda *a, **kw: made.append(kw) or make_optimizer(*a, **kw)
+    monkeypatch.setattr(  # where a run builds its optimizer (toolkit.training._sources)
+        sources, "make_optimizer", lambda *a, **kw: made.append(kw) or make_optimizer(*a, **kw)
     )
     cfg = tiny_config(
         tiny_data_dir, limit_train=N, batch_size=B, epochs=EPOCHS, noise_multiplier=None,

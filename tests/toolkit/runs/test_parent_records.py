@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from tests import REPO
 from toolkit.cli import app
 from toolkit.runs import RunConfig, rundir
-from tests import REPO
 
 HERE = REPO / "tests" / "data" / "parent_records"
 DROP = {"epoch_time_s", "compile_time_s", "train_time_s", "provenance", "requested", "data_dir"}
