@@ -135,6 +135,7 @@ def figures(
             out=out, accountant=acc,
         )  # fmt: skip
     elif kind == "grid":
+        found = records.paper_cnn_runs(found, needs=plots.GRID_NEEDS)
         written = plots.grid_figure(found, accountant=acc, out=out)
         _, best = plots.best_triplets(found)
         console.print(
@@ -156,7 +157,9 @@ def _check_figure_out(out: Path, overwrite: bool) -> None:
 @one_line_errors
 def bias(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories (toolkit train or toolkit.fit, with keep_checkpoints)."
+        ...,
+        help="Run directories (toolkit train or toolkit.fit, with keep_checkpoints) whose "
+        "model and data are named: a registry name, a data file, or package.module:fn.",
     ),
     sample: int = typer.Option(1000, help="Training examples to measure on (fixed by --seed)."),
     seed: int = typer.Option(0, help="Seed of the sample."),

@@ -23,7 +23,7 @@ from flax import nnx
 from matplotlib import pyplot as plt
 
 from analysis import hidden
-from toolkit.base import atomic_write_json
+from toolkit.base import ToolkitError, atomic_write_json
 from toolkit.base.plotting import PAPER_RC, save_figure
 from toolkit.studies import DIAGNOSTIC_LABEL, check_run
 from toolkit.training import init_model, load_data, load_run, model_inputs
@@ -76,6 +76,11 @@ def compare(
     stages = []
     for run in runs:
         cfg, kept, _ = check_run(run, clip_norm=1.0)  # C unused here
+        if not cfg.paper_model:
+            raise ToolkitError(
+                f"{run} trains model={cfg.model}; the hidden-layer bounds (analysis.hidden) "
+                "are those of the paper CNN's layers."
+            )
         data = load_data(cfg)
         idx = np.sort(np.random.default_rng(seed).choice(len(data.train_labels), sample, False))
         x, y = model_inputs(data, data.train_images[idx]), data.train_labels[idx]

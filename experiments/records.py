@@ -1,12 +1,17 @@
 """Reading run directories: the only input of every table and plot.
 
-A `Run` is what `toolkit train --out DIR` wrote: the resolved `RunConfig`, one
-`EpochRecord` per epoch, and the `RunSummary` (None while the run is unfinished), all
-read through `toolkit.runs.rundir`, the one place that knows the JSON. Runs are grouped by
-their config minus the seed, so seeds of the same setting become one curve with a band.
-A run directory that cannot be read, or lacks what a table or figure needs (a
---validation run has no test accuracy), is skipped with a one-line warning that names
-it, and the rest are used.
+A `Run` is what `toolkit train --out DIR` or `toolkit.fit(out=DIR)` wrote: the resolved
+`RunConfig`, one `EpochRecord` per epoch, and the `RunSummary` (None while the run is
+unfinished), all read through `toolkit.runs.rundir`, the one place that knows the JSON.
+Every kind of config.json is read (`toolkit.runs.config_from_record`: "run", and "train"
+and "fit" directories written before runs had one format). A run of your own model is
+labelled by the model's name (`RunConfig.label`), a data file by its file name.
+
+Runs are grouped by their config minus the seed, so seeds of the same setting become one
+curve with a band. A run directory that cannot be read, or lacks what a table or figure
+needs (a --validation run has no test accuracy; only the paper CNN records
+first_conv_activation_norm), is skipped with a one-line warning that names it, and the
+rest are used.
 """
 
 from __future__ import annotations
@@ -20,12 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments.settings import NOT_SETTINGS
-from toolkit.base import ToolkitError
+from toolkit.base import ToolkitError, specs
 from toolkit.privacy import accounting
-from toolkit.runs import EpochRecord, RunConfig, RunSummary, check_types, rundir
-
-# config.json fields every run has; fields added later (HASH_DEFAULTS) may be absent.
-_REQUIRED = {f.name for f in dataclasses.fields(RunConfig)} - set(RunConfig.HASH_DEFAULTS)
+from toolkit.runs import EpochRecord, RunConfig, RunSummary, config_from_record, rundir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,13 @@ class Run:
 
     @property
     def activation_label(self) -> str:
-        return self.config.activation.label
+        """The paper CNN's activation ('tanh'), or the name of your own model ('MLP')."""
+        return self.config.label
+
+    @property
+    def dataset_label(self) -> str:
+        """The data set's name, a data file's name, or 'arrays' (given in Python)."""
+        return dataset_label(self.config.dataset)
 
     @property
     def training(self) -> str:
@@ -88,25 +96,18 @@ def _lookup(record: Any, field: str) -> Any:
     return value
 
 
+def dataset_label(dataset: str) -> str:
+    """How tables and figures name a run's `dataset`: a registry name as it is, a data
+    file by its name ('train.npz'), arrays given in Python as 'arrays'."""
+    if dataset.startswith(specs.PYTHON):
+        return dataset.removeprefix(specs.PYTHON)
+    return Path(dataset).name
+
+
 def load_run(path: str | Path) -> Run:
-    """A `toolkit train` run directory; ToolkitError if it is corrupt or of another kind."""
+    """A run directory of any kind; ToolkitError if it is corrupt or incomplete."""
     path = Path(path)
-    record = rundir.read_config(path)
-    where = path / rundir.CONFIG
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise ToolkitError(f"{where} holds no run config (a JSON object with 'config').")
-    if record.get("kind", "train") != "train":
-        raise ToolkitError(f"{path} is a {record.get('kind')} run, not a toolkit train run.")
-    # Fields added after a run was recorded take their defaults; any other missing
-    # field means the file is not (all of) a run config.
-    missing = sorted(_REQUIRED - set(record["config"]))
-    if missing:
-        raise ToolkitError(f"{where} lacks {', '.join(missing)}: not a complete run config.")
-    try:
-        config = RunConfig.from_dict(record["config"])
-        check_types(config)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ToolkitError(f"{where} is not a valid run config ({e}).") from None
+    config = config_from_record(rundir.read_config(path), where=str(path / rundir.CONFIG))
     try:
         epochs, summary = rundir.read_epochs(path), rundir.read_summary(path)
     except (TypeError, ValueError, AttributeError) as e:  # RecordError is a ValueError
@@ -151,6 +152,11 @@ def skip(path: str | Path, reason: str) -> None:
     warnings.warn(f"skipping run {path}: {reason}", RunSkipped, stacklevel=3)
 
 
+# The metric of Figure 5 (`toolkit figures --kind act-norms`): the norm of the paper CNN's
+# first convolution's activations on held-out images; a model of your own has none.
+PAPER_CNN_METRIC = "first_conv_activation_norm"
+
+
 class RunSkipped(UserWarning):
     """A run directory that a table or figure leaves out (corrupt, partial, incompatible)."""
 
@@ -177,12 +183,31 @@ def with_metric(runs: Sequence[Run], field: str, *, per_epoch: bool = False) -> 
             hint = ""
             if field.endswith("test_accuracy") and r.config.validation:
                 hint = f" (a --validation {r.config.validation} run: it reports val_accuracy)"
+            elif field == PAPER_CNN_METRIC and not r.config.paper_model:
+                hint = (
+                    f" (act-norms, Figure 5, needs the paper CNN's {PAPER_CNN_METRIC}; "
+                    f"model={r.config.model} is your own model)"
+                )
             where = "every epoch" if per_epoch else "its summary"
             skip(r.path, f"no numeric {field} in {where}{hint}")
         else:
             kept.append(r)
     if not kept:
         raise ToolkitError(f"none of the {len(runs)} runs recorded {field}; nothing to show.")
+    return kept
+
+
+def paper_cnn_runs(runs: Sequence[Run], *, needs: str) -> list[Run]:
+    """The runs of the paper CNN; each run of a model of your own is skipped with a warning
+    that says what `needs` it. ToolkitError if none is left."""
+    kept = []
+    for r in runs:
+        if r.config.paper_model:
+            kept.append(r)
+        else:
+            skip(r.path, f"{needs}; model={r.config.model} is your own")
+    if not kept:
+        raise ToolkitError(f"none of the {len(runs)} runs trains the paper CNN: {needs}.")
     return kept
 
 

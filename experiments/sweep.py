@@ -80,7 +80,14 @@ def _settings(point: dict[str, Any]) -> dict[str, Any]:
         settings.update(dict.fromkeys(pair))
     tempered = {k: point.pop(k) for k in _TEMPERED_KEYS if k in point}
     settings.update(point)
-    if "activation" in settings:
+    if settings.get("model", "paper-cnn") != "paper-cnn":
+        # Your own model, as on the command line: a preset's activation and weight
+        # standardisation (the paper CNN's) do not apply; given here, validate refuses them.
+        if "activation" not in point and not tempered:
+            settings["activation"] = None
+        if "weight_standardization" not in point:
+            settings["weight_standardization"] = False
+    if settings.get("activation") is not None:
         settings["activation"] = _activation(settings["activation"])
     if tempered:
         base = settings.get("activation", ActivationSpec("tempered"))

@@ -35,11 +35,13 @@ from experiments.records import (
     with_metric,
 )
 
-# Settings with a column of their own in every table.
+# Settings with a column of their own in every table (in markdown, `model` only where a
+# row trains a model of your own: tables of the paper's CNN read as they always did).
 _FIXED_SETTINGS = (
-    "dataset", "activation", "private", "epochs", "batch_size", "optimizer", "lr",
+    "dataset", "model", "activation", "private", "epochs", "batch_size", "optimizer", "lr",
     "noise_multiplier", "sampling",
 )  # fmt: skip
+PAPER_CNN = "paper-cnn"
 _RESULTS = ("seeds", "accuracy_mean", "accuracy_std", "per_class_std_mean", "epsilon")
 # The run's own accountant (calibration, headline) is not the table's eps accountant.
 _RENAMED = {"accountant": "run_accountant"}
@@ -84,8 +86,9 @@ def accuracy_rows(runs: Sequence[Run], *, accountant: str) -> list[dict[str, Any
         fair = _per_seed(group, "per_class_accuracy_std")
         eps = epsilon_value(first, first.summary.epsilon, accountant)
         row = {
-            "dataset": first.config.dataset,
-            "activation": first.activation_label,
+            "dataset": first.dataset_label,
+            "model": first.config.model,  # "paper-cnn", package.module:factory, python:Class
+            "activation": first.config.activation.label if first.config.paper_model else None,
             "training": first.training if first.config.private else "non-private",
             "epochs": first.config.epochs,
             "batch_size": first.config.batch_size,
@@ -106,7 +109,8 @@ def accuracy_rows(runs: Sequence[Run], *, accountant: str) -> list[dict[str, Any
         rows.append(row)
     rows.sort(
         key=lambda r: (
-            r["dataset"], r["training"], r["activation"], r["epochs"], r["lr"],
+            r["dataset"], r["model"], r["training"], r["activation"] or "", r["epochs"],
+            (r["lr"] is not None, r["lr"] or 0.0),  # None: an optimizer given in Python
             json.dumps({f: r[_column(f)] for f in extra}, sort_keys=True, default=str),
         )
     )  # fmt: skip
@@ -141,12 +145,17 @@ def _extra(row: dict[str, Any]) -> list[str]:
 
 
 _BASE_KEYS = (
-    "dataset", "activation", "training", "epochs", "batch_size", "optimizer", "lr",
+    "dataset", "model", "activation", "training", "epochs", "batch_size", "optimizer", "lr",
     "noise_multiplier", "epsilon", "accountant", "sampling", *_RESULTS,
 )  # fmt: skip
 
 
-def _fmt(row: dict[str, Any]) -> list[str]:
+def _own_models(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether a row trains a model of your own: the markdown then has a model column."""
+    return any(r["model"] != PAPER_CNN for r in rows)
+
+
+def _fmt(row: dict[str, Any], *, models: bool) -> list[str]:
     private = row["training"] != "non-private"
     sigma = f"{row['noise_multiplier']:.3f}" if private else "-"
     extra = [
@@ -156,10 +165,12 @@ def _fmt(row: dict[str, Any]) -> list[str]:
         for k in _extra(row)
     ]
     fair = "-" if row["per_class_std_mean"] is None else f"{row['per_class_std_mean']:.3f}"
+    lr = "-" if row["lr"] is None else f"{row['lr']:g}"  # None: an optax object's own
+    model = [row["model"]] if models else []
     return [
-        row["dataset"], row["activation"], row["training"], _eps(row),
+        row["dataset"], *model, row["activation"] or "-", row["training"], _eps(row),
         row["sampling"] if private else "-", sigma, str(row["epochs"]), str(row["batch_size"]),
-        row["optimizer"], f"{row['lr']:g}", *extra, str(row["seeds"]), _accuracy(row), fair,
+        row["optimizer"], lr, *extra, str(row["seeds"]), _accuracy(row), fair,
     ]  # fmt: skip
 
 
@@ -170,10 +181,12 @@ HEADER = [
 
 
 def header(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """HEADER with a column for each varying setting, before 'seeds'."""
+    """HEADER with a column for each varying setting, before 'seeds', and a model column
+    after the data set's where a row trains a model of your own (its activation is '-')."""
     extra = [settings.name(_field(k)) for k in _extra(rows[0])] if rows else []
     at = HEADER.index("seeds")
-    return [*HEADER[:at], *extra, *HEADER[at:]]
+    model = ["model"] if _own_models(rows) else []
+    return [HEADER[0], *model, *HEADER[1:at], *extra, *HEADER[at:]]
 
 
 BEST_LR_NOTE = (
@@ -185,9 +198,9 @@ BEST_LR_NOTE = (
 
 def to_markdown(rows: Sequence[dict[str, Any]], *, note: str | None = None) -> str:
     """The rows as a markdown table; `note`, if given, is a paragraph after it."""
-    cols = header(rows)
+    cols, models = header(rows), _own_models(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r)) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r, models=models)) + " |" for r in rows]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"

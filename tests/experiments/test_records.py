@@ -14,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments import plots, records, settings, tables
-from tests.run_fakes import edit_json, fake_run, replace_config
+from tests import REPO
+from tests.run_fakes import edit_json, fake_old_fit_run, fake_run, replace_config
 from toolkit.cli import app
+from toolkit.runs import rundir
 
 runner = CliRunner()
 
@@ -58,7 +60,13 @@ BREAKS = {
     "config lr null": lambda out: replace_config(out, lr=None),
     "config unknown activation": lambda out: replace_config(out, activation={"name": "swish"}),
     "config activation a string": lambda out: replace_config(out, activation="tanh"),
-    "fit run": lambda out: edit_json(out / "config.json", lambda r: {**r, "kind": "fit"}),
+    # Every kind this toolkit wrote is read (run, train, fit: test_every_kind_of_run_...);
+    # a kind it never wrote is not.
+    "unknown kind": lambda out: edit_json(out / "config.json", lambda r: {**r, "kind": "sweep"}),
+    "config paper-cnn without activation": lambda out: replace_config(out, activation=None),
+    "config model not a spec": lambda out: replace_config(
+        out, model="my model", activation=None
+    ),  # fmt: skip
     "epoch line lacks grad_norm field": lambda out: _line_of(out, _drop_grad_norm_field),
     "epoch line lacks epsilon": lambda out: _line_of(
         out, lambda d: {k: v for k, v in d.items() if k != "epsilon"}
@@ -277,3 +285,148 @@ def test_private_data_diagnostics_are_labelled_where_they_are_drawn_or_tabled(
     assert written.rstrip().endswith(tables.BEST_LR_NOTE) and "not covered" in written
     plain = runner.invoke(app, ["table", str(tmp_path / "runs")])
     assert tables.BEST_LR_NOTE not in plain.output
+
+
+# --- every kind of run: toolkit train and toolkit.fit, of the paper CNN or of your model ---
+
+# name -> (dataset cell, model cell, activation cell) of each run in `every_kind`.
+KINDS = {
+    "paper": ("fashion-mnist", "paper-cnn", "tanh"),
+    "tempered": ("fashion-mnist", "paper-cnn", "tempered(s=2,T=2,o=1)"),
+    "parent-train": ("fashion-mnist", "paper-cnn", "tanh"),  # kind "train", before "run"
+    "factory": ("fashion-mnist", "tests.cli_models:tiny_image", "-"),
+    "file": ("train.npz", "tests.cli_models:tiny", "-"),
+    "arrays": ("arrays", "python:MLP", "-"),
+    "old-fit": ("arrays", "python:MLP", "-"),  # kind "fit", before "run"
+}
+OWN_MODELS = ("factory", "file", "arrays", "old-fit")
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory):
+    """One finished run of each kind a table or figure may be given, in one folder."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("kinds") / "runs"
+    fake_run(root / "paper", accs=(0.5, 0.6, 0.71))
+    fake_run(root / "tempered", activation="tempered", accs=(0.5, 0.6, 0.72))
+    shutil.copytree(REPO / "tests" / "data" / "parent_records" / "run", root / "parent-train")
+    fake_run(root / "factory", model="tests.cli_models:tiny_image", accs=(0.5, 0.6, 0.73))
+    fake_run(root / "file", model="tests.cli_models:tiny", dataset="data/train.npz",
+             accs=(0.5, 0.6, 0.74))  # fmt: skip
+    fake_run(root / "arrays", model="python:MLP", dataset="python:arrays",
+             optimizer="python:adam", lr=None, accs=(0.5, 0.6, 0.75))  # fmt: skip
+    fake_old_fit_run(root / "old-fit", accs=(0.5, 0.6, 0.76))
+    return root
+
+
+def _warnings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("warning:")]
+
+
+def test_every_kind_of_run_loads_with_its_label(every_kind):
+    assert json.loads((every_kind / "parent-train" / rundir.CONFIG).read_text()).get("kind") is None
+    assert json.loads((every_kind / "old-fit" / rundir.CONFIG).read_text())["kind"] == "fit"
+    runs = {r.path.name: r for r in records.find_runs([every_kind])}
+    assert set(runs) == set(KINDS)
+    for name, (dataset, model, activation) in KINDS.items():
+        run = runs[name]
+        assert (run.dataset_label, run.config.model) == (dataset, model), name
+        expected = "MLP" if name in ("arrays", "old-fit") else model.rsplit(":")[-1]
+        assert run.activation_label == (activation if activation != "-" else expected), name
+        assert run.label == f"{run.activation_label}, DP-SGD"
+    old = runs["old-fit"].config  # the old record's settings, as RunConfig fields
+    assert (old.optimizer, old.lr, old.batch_size, old.noise_multiplier) == (
+        "python:sgd", None, 100, 1.0
+    )  # fmt: skip
+
+
+def test_table_shows_every_kind_of_run_with_its_model_and_data(every_kind, tmp_path):
+    res = runner.invoke(app, ["table", str(every_kind), "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0 and res.exception is None, res.output
+    assert _warnings(res.output) == []
+    md = (tmp_path / "t.md").read_text().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    assert header[:3] == ["dataset", "model", "activation"]
+    cells = {tuple(c.strip() for c in line.strip("|").split("|"))[:3] for line in md[2:]}
+    assert cells == set(KINDS.values())  # parent-train and paper: two rows, same three cells
+    arrays = next(line for line in md[2:] if "python:adam" in line)
+    assert [c.strip() for c in arrays.strip("|").split("|")][header.index("lr")] == "-"
+    csv_header = (tmp_path / "t.csv").read_text().splitlines()[0].split(",")
+    assert csv_header[:3] == ["dataset", "model", "activation"]
+    # A table of the paper CNN's runs alone reads as it always did: no model column.
+    paper = runner.invoke(app, ["table", str(every_kind / "paper"), str(every_kind / "tempered")])
+    assert paper.exit_code == 0, paper.output
+    assert "| dataset | activation | training |" in paper.output and "model" not in paper.output
+
+
+def test_pareto_and_grad_norms_draw_every_kind_of_run(every_kind, tmp_path):
+    for args in (["pareto"], ["figures", "--kind", "grad-norms"]):
+        res = runner.invoke(app, [*args, str(every_kind), "--out", str(tmp_path / args[-1])])
+        assert res.exit_code == 0 and res.exception is None, res.output
+        assert _warnings(res.output) == [], args
+        assert (tmp_path / f"{args[-1]}.png").stat().st_size > 1000
+    curves, _ = plots.pareto_curves(records.find_runs([every_kind]), accountant="rdp-classic")
+    labels = " ".join(c.label for c in curves)
+    assert all(f"{name}, DP-SGD" in labels for name in ("tiny_image", "tiny", "MLP", "tanh"))
+
+
+def test_act_norms_and_grid_skip_your_own_models_with_one_line_each(every_kind, tmp_path):
+    """Figure 5 is the paper CNN's first-conv activation norm, Figure 2 its tempered
+    sigmoids: each run of your own model is named on one line saying so, never dropped
+    silently; the paper CNN's runs are drawn."""
+    needs = {"act-norms": "act-norms, Figure 5, needs the paper CNN's", "grid": plots.GRID_NEEDS}
+    for kind, needle in needs.items():
+        out = tmp_path / kind
+        res = runner.invoke(app, ["figures", str(every_kind), "--kind", kind, "--out", str(out)])
+        assert res.exit_code == 0 and res.exception is None, res.output
+        warned = _warnings(res.output)
+        assert sorted(w.split(": ")[1] for w in warned) == sorted(
+            f"skipping run {every_kind / name}" for name in OWN_MODELS
+        ), kind  # fmt: skip
+        assert all(needle in w and "is your own" in w for w in warned), warned
+        assert (tmp_path / f"{kind}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # two short toolkit.fit runs of a small MLP
+def test_runs_of_toolkit_fit_appear_in_table_pareto_and_figures(tiny_data_dir, tmp_path,
+                                                               monkeypatch):  # fmt: skip
+    """A model instance on arrays, and a factory on a registry data set, both trained by
+    `toolkit.fit`: read by table and pareto like any run; act-norms names each as your own
+    model on one line (the paper CNN's metric), and draws nothing when none is left."""
+    import numpy as np
+    from flax import nnx
+
+    import toolkit
+    from tests import cli_models
+    from toolkit.data import ENV_VAR
+
+    rng = np.random.default_rng(0)
+    y = np.arange(240, dtype=np.int32) % cli_models.CLASSES
+    x = (3 * rng.standard_normal((cli_models.CLASSES, cli_models.FEATURES)))[y]
+    x = (x + rng.standard_normal(x.shape)).astype(np.float32)
+    common = dict(optimizer=toolkit.optimizer("sgd", lr=0.5), batch_size=60, clip_norm=1.0,
+                  noise_multiplier=1.0)  # fmt: skip
+    root = tmp_path / "runs"
+    toolkit.fit(cli_models.tiny(rngs=nnx.Rngs(0)), (x[:180], y[:180]), epochs=2,
+                eval_data=(x[180:], y[180:]), out=root / "instance", **common)  # fmt: skip
+    monkeypatch.setenv(ENV_VAR, str(tiny_data_dir))
+    toolkit.fit("tests.cli_models:tiny_image", "fashion-mnist", epochs=2,
+                out=root / "factory", **common)  # fmt: skip
+    found = {r.path.name: r for r in records.find_runs([root])}
+    assert {n: (r.config.model, r.dataset_label, r.label) for n, r in found.items()} == {
+        "instance": ("python:Tiny", "arrays", "Tiny, DP-SGD"),
+        "factory": ("tests.cli_models:tiny_image", "fashion-mnist", "tiny_image, DP-SGD"),
+    }
+    res = runner.invoke(app, ["table", str(root)])
+    assert res.exit_code == 0 and _warnings(res.output) == [], res.output
+    assert "| arrays | python:Tiny | - |" in res.output
+    assert "| fashion-mnist | tests.cli_models:tiny_image | - |" in res.output
+    for args in (["pareto"], ["figures", "--kind", "grad-norms"]):
+        res = runner.invoke(app, [*args, str(root), "--out", str(tmp_path / args[-1])])
+        assert res.exit_code == 0 and _warnings(res.output) == [], res.output
+    res = runner.invoke(app, ["figures", str(root), "--kind", "act-norms", "--out",
+                              str(tmp_path / "act")])  # fmt: skip
+    assert res.exit_code == 2 and "nothing to show" in res.output
+    assert len([w for w in _warnings(res.output) if "needs the paper CNN's" in w]) == 2
+    assert not (tmp_path / "act.png").exists()

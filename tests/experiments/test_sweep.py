@@ -180,6 +180,20 @@ def test_sweep_point_pair_replaces_the_presets_target_eps():
     assert [(c.noise_multiplier, c.target_epsilon) for _, c in runs] == [(1.0, None), (2.0, None)]
 
 
+def test_sweep_of_your_own_model_leaves_the_paper_cnns_settings_out():
+    """As `toolkit train --model` does: a preset's activation and weight standardisation do
+    not apply to your model; naming an activation for it is an error."""
+    own = {"model": "tests.cli_models:tiny", "dataset": "data/blobs.npz"}
+    runs = sweep.expand({"base": {"preset": "fashion-mnist-tempered-ws-pld-ema", **own},
+                         "grid": {"seed": [0, 1]}})  # fmt: skip
+    assert [(c.model, c.dataset, c.activation, c.weight_standardization) for _, c in runs] == [
+        ("tests.cli_models:tiny", "data/blobs.npz", None, False)
+    ] * 2  # fmt: skip
+    assert runs[0][1].accountant == "pld" and runs[0][1].ema_decay == 0.99  # the rest applies
+    with pytest.raises(ValueError, match="is your own: leave them unset"):
+        sweep.expand({"base": own, "grid": {"activation": ["relu"]}})
+
+
 @pytest.mark.parametrize("tty", [False, True])
 def test_sweep_progress_counts_runs_eta_and_last_result(tmp_path, tty):
     fake_run(tmp_path / "a", accs=(0.5, 0.8125), eps=(1.0, 2.5))

@@ -23,8 +23,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from toolkit.privacy import accounting, calibrate_noise_multiplier
-from toolkit.nn import ActivationSpec
 from toolkit.base import ToolkitError, specs
 from toolkit.base.choices import (
     CLIPPING_RULES,
@@ -36,7 +34,8 @@ from toolkit.base.choices import (
     SAMPLINGS,
 )
 from toolkit.data import DATASETS, FORMATS
-from toolkit.privacy import steps_per_epoch
+from toolkit.nn import ActivationSpec
+from toolkit.privacy import accounting, calibrate_noise_multiplier, steps_per_epoch
 
 # Settings that only a private run uses: `--no-privacy` (private = false) with any is an error.
 PRIVACY_ONLY = ("noise_multiplier", "target_epsilon", "clip_norm", "clipping", "delta",
@@ -455,15 +454,17 @@ def from_flags(
     shape = {"scale": scale, "inverse_temp": inverse_temp, "offset": offset}
     if settings.get("model", "paper-cnn") != "paper-cnn":
         # Your own model: the activation and weight standardisation describe the paper
-        # CNN. Given as flags they are an error (validate); from a preset they do not apply.
-        if activation is not None or any(v is not None for v in shape.values()):
+        # CNN. Given as flags they are an error; from a preset they do not apply.
+        paper = {"activation": activation, **shape}
+        paper["weight_standardization"] = flags.get("weight_standardization") or None
+        if given := [f"--{k.replace('_', '-')}" for k, v in paper.items() if v is not None]:
             raise ToolkitError(
-                f"--activation/--scale/--inverse-temp/--offset set the paper CNN's activation; "
-                f"--model={settings['model']} is your own model: drop them."
+                f"{', '.join(given)}: --activation/--scale/--inverse-temp/--offset/"
+                f"--weight-standardization set the paper CNN; --model={settings['model']} is "
+                "your own model: drop them."
             )
         settings["activation"] = None
-        if flags.get("weight_standardization") is None:
-            settings["weight_standardization"] = False
+        settings["weight_standardization"] = False
     elif activation is not None or any(v is not None for v in shape.values()):
         current = settings.get("activation", RunConfig.activation)
         if isinstance(current, str):
@@ -494,31 +495,55 @@ def from_flags(
 # config.json "kind": "run" since one format serves `toolkit train` and `toolkit.fit`;
 # "train" (a `toolkit train` run) and "fit" (`toolkit.fit`, its own fields) before that.
 KINDS = ("run", "train", "fit")
+# The fields every recorded run or train config holds; those added later (HASH_DEFAULTS)
+# may be absent from older records and take their defaults.
+_RECORDED = frozenset(f.name for f in dataclasses.fields(RunConfig)) - set(RunConfig.HASH_DEFAULTS)
 
 
 def config_from_record(record: Mapping[str, Any], *, where: str) -> RunConfig:
-    """The `RunConfig` of a config.json record, of any kind this toolkit wrote."""
+    """The `RunConfig` of a config.json record, of any kind this toolkit wrote.
+
+    A record that lacks a field, holds a value of the wrong type, or names no model,
+    data set, loss or optimizer that a run can have is a one-line `ToolkitError` naming
+    `where` (a config edited by hand, a torn write, or a file of another program).
+    """
+    if not isinstance(record, Mapping) or not isinstance(record.get("config"), Mapping):
+        raise ToolkitError(f"{where} is not a valid run config (no JSON object 'config').")
     kind = record.get("kind", "train")  # runs written before the library API are train runs
     if kind not in KINDS:
         raise ToolkitError(
             f"{where} has kind {kind!r}; this toolkit reads the kinds {', '.join(KINDS)}."
         )
+    d = record["config"]
+    if kind != "fit" and (missing := sorted(_RECORDED - set(d))):
+        raise ToolkitError(f"{where} is not a valid run config (it lacks {', '.join(missing)}).")
     try:
-        d = record["config"]
-        if kind != "fit":
-            return RunConfig.from_dict(d)
-        augment = re.search(r"k=(\d+)", d.get("augment") or "")
-        return RunConfig(
-            dataset=specs.PYTHON + "arrays", activation=None, epochs=d["epochs"],
-            batch_size=d["batch_size"], max_physical_batch=d["max_physical_batch"],
-            per_example=d["per_example"], optimizer=specs.PYTHON + d["optimizer"], lr=None,
-            clipping=d["clipping"], clip_norm=d["clip_norm"], gamma=d["gamma"],
-            noise_multiplier=d["noise_multiplier"], target_epsilon=d["target_epsilon"],
-            delta=d["delta"], accountant=d["accountant"], sampling=d["sampling"],
-            seed=d["seed"], ema_decay=d.get("ema_decay"),
-            augmult=int(augment.group(1)) if augment else 0,
-            model=specs.PYTHON + d["model"],
-            loss=d["loss"] if d["loss"] in LOSSES else specs.PYTHON + d["loss"],
-        )  # fmt: skip
+        cfg = RunConfig.from_dict(d) if kind != "fit" else _from_fit_record(d)
+        check_types(cfg)
+        _check_sources(cfg)
+        _check_optimizer(cfg)
+    except ToolkitError as e:
+        raise ToolkitError(f"{where} is not a valid run config ({e})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ToolkitError(f"{where} is not a valid run config ({type(e).__name__}: {e}).") from None
+        raise ToolkitError(
+            f"{where} is not a valid run config ({type(e).__name__}: {e})."
+        ) from None
+    return cfg
+
+
+def _from_fit_record(d: Mapping[str, Any]) -> RunConfig:
+    """A `toolkit.fit` record written before runs had one format (its model, data, loss and
+    optimizer were objects given in Python, recorded by name only)."""
+    augment = re.search(r"k=(\d+)", d.get("augment") or "")
+    return RunConfig(
+        dataset=specs.PYTHON + "arrays", activation=None, epochs=d["epochs"],
+        batch_size=d["batch_size"], max_physical_batch=d["max_physical_batch"],
+        per_example=d["per_example"], optimizer=specs.PYTHON + d["optimizer"], lr=None,
+        clipping=d["clipping"], clip_norm=d["clip_norm"], gamma=d["gamma"],
+        noise_multiplier=d["noise_multiplier"], target_epsilon=d["target_epsilon"],
+        delta=d["delta"], accountant=d["accountant"], sampling=d["sampling"],
+        seed=d["seed"], ema_decay=d.get("ema_decay"),
+        augmult=int(augment.group(1)) if augment else 0,
+        model=specs.PYTHON + d["model"],
+        loss=d["loss"] if d["loss"] in LOSSES else specs.PYTHON + d["loss"],
+    )  # fmt: skip

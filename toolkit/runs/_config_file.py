@@ -5,8 +5,10 @@ Two kinds of file:
 - TOML: top-level keys are `RunConfig` fields (`epochs = 40`, `clip_norm = 0.1`; dashes
   are accepted for underscores), plus `preset` (a paper setting the file starts from)
   and `activation` as a name or a table `{name, scale, inverse_temp, offset}`.
-- JSON: a run's `config.json`; its `requested` settings (what the run was asked to do,
-  before sigma was calibrated) re-run the recorded run.
+- JSON: a run's `config.json` (kind "run", or "train" before that); its `requested`
+  settings (what the run was asked to do, before sigma was calibrated) re-run the
+  recorded run. A run whose model, data, loss or optimizer was given in Python
+  (`python:<name>`) cannot be re-run from a file.
 
 `load_settings(path)` returns the settings for `toolkit.runs._config.from_flags(base=...)`, so
 flags given on the command line override the file. An unknown key is an error with the
@@ -22,9 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from toolkit.base import ToolkitError, specs
 from toolkit.nn import ActivationSpec
 from toolkit.runs._config import PRIVACY_ONLY, RunConfig
-from toolkit.base import ToolkitError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,9 +67,20 @@ def _read(path: Path) -> dict[str, Any]:
             raise ToolkitError(
                 f"--config={path} is not a run's config.json (no 'requested' or 'config' object)."
             )
-        if record.get("kind", "train") != "train":
-            raise ToolkitError(f"--config={path} is a {record['kind']} run, not a train run.")
+        kind = record.get("kind", "train")
+        if kind not in ("run", "train"):
+            raise ToolkitError(
+                f"--config={path} is a {kind!r} run (toolkit.fit, before runs had one format): "
+                "its model and data were given in Python; re-run it from Python."
+            )
         settings = dict(record.get("requested") or record["config"])
+        given = [f"{k}={v}" for k, v in settings.items() if _in_python(v)]
+        if given:
+            raise ToolkitError(
+                f"--config={path}: {', '.join(given)} {'was' if len(given) == 1 else 'were'} "
+                "given in Python, with no import path, so the command line cannot rebuild "
+                "the run: re-run it from Python."
+            )
         if "requested" not in record and settings.get("target_epsilon") is not None:
             settings["noise_multiplier"] = None  # recalibrated, as the run did
         return settings
@@ -75,6 +88,11 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ToolkitError(f"--config={path} is not valid TOML ({e}).") from None
+
+
+def _in_python(value: Any) -> bool:
+    """An object given in Python when the run was made (`toolkit.base.specs.PYTHON`)."""
+    return isinstance(value, str) and value.startswith(specs.PYTHON)
 
 
 def _check_value(path: Path, key: str, value: Any) -> None:
@@ -118,8 +136,8 @@ def load_settings(path: Path) -> dict[str, Any]:
                 f"--config={path}: key {key!r} is unknown{did_you_mean(name, known)}; "
                 "keys are the long flag names of `toolkit train` (with _ or -)."
             )
-        if name == "activation":
-            settings[name] = _activation(path, value)
+        if name == "activation":  # None: a recorded run of your own model
+            settings[name] = None if value is None else _activation(path, value)
         elif name == "preset":
             if not isinstance(value, str):
                 raise ToolkitError(f"--config={path}: preset={value!r} must be a name.")

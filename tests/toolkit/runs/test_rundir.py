@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tests import REPO
 from toolkit.cli import app
 from toolkit.privacy import accounting
 from toolkit.runs import RunConfig, rundir
@@ -155,7 +156,6 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(shared_dir, reference):
 _WRITER = """
 import sys
 from toolkit.base import atomic_write_bytes
-from tests import REPO
 path, old, new = sys.argv[1], b"old" * 700_000, b"new" * 700_000 + b"!"
 atomic_write_bytes(path, old)
 print("ready", flush=True)
@@ -302,11 +302,19 @@ def test_corrupt_config_is_refused(reference, tmp_path, content, needle):
     _resume_fails_cleanly(run, needle)
 
 
-def test_edited_config_is_refused_before_it_is_used(reference, tmp_path):
-    """A hand-edited setting (here of the wrong type) is caught by the hash, not a traceback."""
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("limit_train", "all", "not a valid run config (limit_train='all' must be an integer"),
+        ("epochs", 3, "was edited (hash mismatch)"),
+    ],
+)
+def test_edited_config_is_refused_before_it_is_used(reference, tmp_path, field, value, needle):
+    """A hand-edited setting is caught before it is used, not by a traceback: a value no run
+    can have when the record is read (naming it), any other by the hash."""
     run = tmp_path / "edited"
     shutil.copytree(reference, run)
     record = json.loads((run / rundir.CONFIG).read_text())
-    record["config"]["limit_train"] = "all"
+    record["config"][field] = value
     (run / rundir.CONFIG).write_text(json.dumps(record))
-    _resume_fails_cleanly(run, "was edited")
+    _resume_fails_cleanly(run, needle)
