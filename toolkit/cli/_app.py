@@ -18,6 +18,7 @@ from rich.table import Table
 from toolkit.base import ToolkitError
 from toolkit.cli._errors import one_line_errors
 from toolkit.cli._inputs import given_options, show_defaults, train_defaults
+from toolkit.cli._options import RUN, run_config, run_options
 
 app = typer.Typer(
     add_completion=False,
@@ -29,84 +30,35 @@ console = Console(soft_wrap=True)
 PLUGIN_GROUP = "toolkit.commands"
 
 # What `train --resume RUN` may be given besides RUN (the rest is recorded in the run).
-_RESUME_KEEPS = ("resume", "quiet", "tensorboard", "config_lib", "train_lib")
+_RESUME_KEEPS = ("resume", "quiet", "tensorboard")
 
 
 @app.command()
 @one_line_errors
 @show_defaults(train_defaults())
+@run_options
 def train(
-    dataset: str = typer.Option(None, help="mnist, fashion-mnist or cifar10."),
-    data: Path = typer.Option(
-        None, help="Your data set instead: a .npz (arrays x, y; optional x_test, y_test) or .csv."
-    ),
-    model: str = typer.Option(
-        None,
-        help="paper-cnn, or your factory package.module:fn, called as fn(rngs=nnx.Rngs(seed)).",
-    ),
-    loss: str = typer.Option(
-        None, help="softmax_cross_entropy, sigmoid_binary_cross_entropy, or package.module:fn."
-    ),
-    activation: str = typer.Option(None, help="relu, tanh, tempered, sigmoid, elu, gelu."),
-    scale: float = typer.Option(None, help="Tempered sigmoid scale s."),
-    inverse_temp: float = typer.Option(None, help="Tempered sigmoid inverse temperature T."),
-    offset: float = typer.Option(None, help="Tempered sigmoid offset o."),
-    epochs: int = typer.Option(None),
-    batch_size: int = typer.Option(None, help="Expected logical batch size B (q = B/N)."),
-    max_physical_batch: int = typer.Option(None, help="Micro-batch cap (speed/memory only)."),
-    per_example: str = typer.Option(
-        None, help="Per-example gradients: auto, bookkeeping or vmap (speed only)."
-    ),
-    optimizer: str = typer.Option(None, help="sgd or adam."),
-    lr: float = typer.Option(None, help="Learning rate."),
-    momentum: float = typer.Option(None, help="Heavy-ball momentum for sgd."),
-    clip_norm: float = typer.Option(None, help="Per-example clipping norm C."),
-    clipping: str = typer.Option(None, help="flat (min(1, C/||g||)) or automatic (Bu et al.)."),
-    noise_multiplier: float = typer.Option(None, help="sigma; noise std is sigma*C on the sum."),
-    target_epsilon: float = typer.Option(None, help="Calibrate sigma to this eps instead."),
-    delta: float = typer.Option(None),
-    accountant: str = typer.Option(None, help="rdp-classic, rdp or pld (calibration/headline)."),
-    sampling: str = typer.Option(None, help="poisson (accounted) or shuffle (labelled)."),
-    seed: int = typer.Option(None),
-    limit_train: int = typer.Option(None, help="Use only the first N training examples."),
-    data_dir: Path = typer.Option(None, help="Directory holding the dataset files."),
-    validation: int = typer.Option(
-        None, help="Hold out the last V training examples; evaluate on them, not on test."
-    ),
-    ema_decay: float = typer.Option(
-        None, help="Also evaluate an EMA of the iterates (post-processing, no privacy cost)."
-    ),
-    lr_schedule: str = typer.Option(None, help="constant or cosine (decay to 0 at the end)."),
-    warmup_epochs: int = typer.Option(None, help="Linear lr warm-up from 0 over these epochs."),
-    augmult: int = typer.Option(
-        None, help="K augmented views per example (shift, flip), averaged before clipping."
-    ),
-    weight_standardization: bool = typer.Option(
-        None, "--weight-standardization", help="Scaled weight standardisation of conv kernels."
-    ),
-    keep_checkpoints: int = typer.Option(
-        None, help="Also keep checkpoint-epoch{E}.npz every K epochs (for toolkit bias)."
-    ),
-    no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
-    preset: str = typer.Option(None, help="Start from a paper setting; flags override it."),
-    out: Path = typer.Option(None, help="Run directory to create (config, epochs, summary)."),
+    dataset=RUN, data=RUN, model=RUN, loss=RUN, activation=RUN, scale=RUN, inverse_temp=RUN,
+    offset=RUN, epochs=RUN, batch_size=RUN, max_physical_batch=RUN, per_example=RUN,
+    optimizer=RUN, lr=RUN, momentum=RUN, clip_norm=RUN, clipping=RUN, noise_multiplier=RUN,
+    target_epsilon=RUN, delta=RUN, accountant=RUN, sampling=RUN, seed=RUN, limit_train=RUN,
+    data_dir=RUN, validation=RUN, ema_decay=RUN, lr_schedule=RUN, warmup_epochs=RUN,
+    augmult=RUN, weight_standardization=RUN, keep_checkpoints=RUN, no_privacy=RUN,
+    preset=RUN, out=RUN,
     resume: Path = typer.Option(None, help="Continue the run in this directory (no other flag)."),
-    config_file: Path = typer.Option(
-        None, "--config", help="TOML settings, or a run's config.json to re-run it; flags win."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    config_file=RUN, quiet=RUN,
     tensorboard: Path = typer.Option(
         None, help="Also write per-epoch scalars as TensorBoard events here (extra: tensorboard)."
     ),
-) -> None:
+) -> None:  # fmt: skip
     """Train a model with DP-SGD (or without privacy) and record the run.
 
     The paper's CNN on a named data set by default; your own with --model and --data."""
-    from toolkit import runs as config_lib
+    values = dict(locals())  # the options (toolkit.cli._options), before anything else
     from toolkit import training as train_lib
 
     if resume is not None:
-        others = {k: v for k, v in locals().items() if k not in _RESUME_KEEPS}
+        others = {k: v for k, v in values.items() if k not in _RESUME_KEEPS}
         others["config"] = others.pop("config_file")  # its flag is --config
         if given := given_options(others):
             raise ToolkitError(
@@ -116,32 +68,7 @@ def train(
         result = train_lib.resume(resume, progress=not quiet, tensorboard=tensorboard)
         _print_summary(result.summary, resume)
         return
-    if data is not None and dataset is not None:
-        raise ToolkitError(
-            f"--data={data} and --dataset={dataset} both name the training data; give one."
-        )
-    flags = {
-        "dataset": str(data) if data is not None else dataset, "model": model, "loss": loss,
-        "epochs": epochs, "batch_size": batch_size,
-        "max_physical_batch": max_physical_batch, "per_example": per_example,
-        "optimizer": optimizer, "lr": lr,
-        "momentum": momentum, "clip_norm": clip_norm, "clipping": clipping,
-        "noise_multiplier": noise_multiplier, "target_epsilon": target_epsilon,
-        "delta": delta, "accountant": accountant, "sampling": sampling, "seed": seed,
-        "limit_train": limit_train, "data_dir": str(data_dir) if data_dir else None,
-        "validation": validation, "ema_decay": ema_decay, "lr_schedule": lr_schedule,
-        "warmup_epochs": warmup_epochs, "augmult": augmult, "keep_checkpoints": keep_checkpoints,
-        "weight_standardization": weight_standardization,
-    }  # fmt: skip
-    file = None
-    if config_file is not None:
-        from toolkit.runs import load_settings
-
-        file = load_settings(config_file)
-    cfg = config_lib.from_flags(
-        flags, preset_name=preset, file=file, activation=activation, scale=scale,
-        inverse_temp=inverse_temp, offset=offset, no_privacy=no_privacy,
-    )  # fmt: skip
+    cfg = run_config(values)
     result = train_lib.train(cfg, out=out, progress=not quiet, tensorboard=tensorboard)
     _print_summary(result.summary, out)
 
@@ -173,7 +100,8 @@ def _print_summary(summary, out: Path | None) -> None:
             )
             table.add_row(f"eps ({name})", f"{shown} at delta={summary.delta:g}")
     table.add_row("privacy", summary.privacy)
-    table.add_row("per-class acc. std", f"{summary.metrics['per_class_accuracy_std']:.4f}")
+    if "per_class_accuracy_std" in summary.metrics:  # none without held-out data
+        table.add_row("per-class acc. std", f"{summary.metrics['per_class_accuracy_std']:.4f}")
     table.add_row("train time", f"{summary.train_time_s:.1f} s (wall time: not covered by eps)")
     if out is not None:
         table.add_row("run directory", str(out))

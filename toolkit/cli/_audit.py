@@ -1,15 +1,14 @@
 """`toolkit audit`: one training run with canaries, audited eps vs the accountant's eps.
 
 Registered on the `toolkit` app by `toolkit.cli._app._register`. The command only parses
-arguments, merges them over its defaults with `toolkit.runs._config.from_flags` (as `toolkit
-train` does) and calls `toolkit.studies._audit.run_audit`.
+arguments (the run options it shares with `toolkit train`: `toolkit.cli._options`), merges
+them over its defaults as `toolkit train` does, and calls `toolkit.studies.run_audit`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from toolkit.cli._errors import one_line_errors
 from toolkit.cli._inputs import show_defaults, train_defaults
+from toolkit.cli._options import RUN, run_config, run_options
 
 console = Console()
 # The audit's own defaults (short runs); any flag overrides them, as for `toolkit train`.
@@ -31,71 +31,36 @@ def _audit_defaults() -> dict:
     return {**train_defaults(), **AUDIT_DEFAULTS}
 
 
+@one_line_errors
 @show_defaults(_audit_defaults())
+@run_options
 def audit(
-    dataset: str = typer.Option(None, help="mnist, fashion-mnist (default) or cifar10."),
+    dataset=RUN("mnist, fashion-mnist (default) or cifar10."),
     canaries: int = typer.Option(1000, help="Number m of canaries; each is included w.p. 1/2."),
-    activation: str = typer.Option(None, help="relu, tanh (default), tempered, sigmoid, ..."),
-    scale: float = typer.Option(None, help="Tempered sigmoid scale s."),
-    inverse_temp: float = typer.Option(None, help="Tempered sigmoid inverse temperature T."),
-    offset: float = typer.Option(None, help="Tempered sigmoid offset o."),
-    epochs: int = typer.Option(None, help="Epochs."),
-    batch_size: int = typer.Option(None, help="Expected batch size B; q = B/(base+m)."),
-    max_physical_batch: int = typer.Option(None, help="Micro-batch cap (speed/memory only)."),
-    per_example: str = typer.Option(
-        None, help="Per-example gradients: auto, bookkeeping or vmap (speed only)."
-    ),
-    optimizer: str = typer.Option(None, help="sgd (default) or adam."),
-    lr: float = typer.Option(None, help="Learning rate."),
-    momentum: float = typer.Option(None, help="Heavy-ball momentum for sgd."),
-    clip_norm: float = typer.Option(None, help="Per-example clipping norm C."),
-    clipping: str = typer.Option(None, help="flat (default) or automatic."),
-    noise_multiplier: float = typer.Option(None, help="sigma; noise std is sigma*C on the sum."),
-    target_epsilon: float = typer.Option(None, help="Calibrate sigma to this eps instead."),
-    delta: float = typer.Option(None, help="delta."),
-    accountant: str = typer.Option(None, help="Headline accountant."),
-    sampling: str = typer.Option(None, help="poisson (accounted) or shuffle (labelled)."),
-    seed: int = typer.Option(None, help="Seeds training, canary labels, inclusion."),
-    limit_train: int = typer.Option(None, help="Base set: the first N training examples."),
-    data_dir: Path = typer.Option(None, help="Directory holding the dataset files."),
-    no_privacy: bool = typer.Option(False, "--no-privacy", help="C=inf, sigma=0, same path."),
+    activation=RUN("relu, tanh (default), tempered, sigmoid, ..."),
+    scale=RUN, inverse_temp=RUN, offset=RUN, epochs=RUN("Epochs."),
+    batch_size=RUN("Expected batch size B; q = B/(base+m)."), max_physical_batch=RUN,
+    per_example=RUN, optimizer=RUN("sgd (default) or adam."), lr=RUN, momentum=RUN,
+    clip_norm=RUN, clipping=RUN("flat (default) or automatic."), noise_multiplier=RUN,
+    target_epsilon=RUN, delta=RUN("delta."), accountant=RUN("Headline accountant."),
+    sampling=RUN, seed=RUN("Seeds training, canary labels, inclusion."),
+    limit_train=RUN("Base set: the first N training examples."), data_dir=RUN,
+    no_privacy=RUN,
     confidence: float = typer.Option(0.95, help="Confidence of the audited lower bound."),
-    out: Path = typer.Option(None, help="Directory to create with audit.json, canaries.npz."),
-    config_file: Path = typer.Option(
-        None, "--config", help="TOML settings (keys as `toolkit train --config`); flags win."
-    ),
+    out=RUN("Directory to create with audit.json, canaries.npz."),
+    config_file=RUN("TOML settings (keys as `toolkit train --config`); flags win."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON record, not a table."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
+    quiet=RUN,
+) -> None:  # fmt: skip
     """Audit DP-SGD empirically: train once with canaries, report an eps lower bound.
 
     Exit 0 if the audited bound is at most every accountant's eps, else exit 1 (a bug).
     """
-    flags = dict(
-        dataset=dataset, epochs=epochs, batch_size=batch_size,
-        max_physical_batch=max_physical_batch, per_example=per_example, optimizer=optimizer,
-        lr=lr, momentum=momentum, clip_norm=clip_norm, clipping=clipping,
-        noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
-        accountant=accountant, sampling=sampling, seed=seed, limit_train=limit_train,
-        data_dir=str(data_dir) if data_dir else None,
-    )  # fmt: skip
-    shape = dict(activation=activation, scale=scale, inverse_temp=inverse_temp, offset=offset)
-    one_line_errors(_audit)(
-        flags, shape, no_privacy, canaries, confidence, out, as_json, quiet, config_file
-    )
-
-
-def _audit(flags, shape, no_privacy, canaries, confidence, out, as_json: bool, quiet: bool,
-           config_file: Path | None = None):  # fmt: skip
-    from toolkit.runs import from_flags, rundir
+    values = dict(locals())  # the options (toolkit.cli._options), before anything else
+    from toolkit.runs import rundir
     from toolkit.studies import run_audit
 
-    file = None
-    if config_file is not None:
-        from toolkit.runs import load_settings
-
-        file = load_settings(config_file)
-    cfg = from_flags(flags, base=AUDIT_DEFAULTS, file=file, no_privacy=no_privacy, **shape)
+    cfg = run_config(values, base=AUDIT_DEFAULTS)
     record = run_audit(
         cfg, canaries=canaries, confidence=confidence, out=out, progress=not (quiet or as_json)
     )

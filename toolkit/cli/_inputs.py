@@ -3,9 +3,10 @@
 - `given_options(values)`: the `--flag` names of the options a command was given (not
   None, not False), for "cannot be combined" errors.
 - `show_defaults(defaults)`: a decorator that makes `--help` print each option's real
-  default. The options of `train` and `audit` default to None in the signature (None =
-  "not given", so that flags override presets and files); the value a run gets when the
-  option is absent comes from `RunConfig` (or the audit's own defaults) and is shown.
+  default. The options of `train` and `audit` (declared once, `toolkit.cli._options`)
+  default to None in the signature (None = "not given", so that flags override presets
+  and files); the value a run gets when the option is absent comes from `RunConfig` (or
+  the audit's own defaults) and is shown.
 """
 
 from __future__ import annotations

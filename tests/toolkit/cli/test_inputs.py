@@ -19,18 +19,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from tests import REPO, cli_models
+from tests.run_fakes import fake_old_fit_run, fake_run
 from toolkit.base import _io as io_lib
 from toolkit.base import _logs as logs
 from toolkit.base import outputs
 from toolkit.base.plotting import save_figure
 from toolkit.cli import _launch as launch
 from toolkit.cli import app
+from toolkit.cli._options import OPTIONS
 from toolkit.runs import EpochRecord, GradNormStats, load_settings, rundir
 from toolkit.runs import _config as config_lib
-from toolkit.training import compile_time
+from toolkit.training._loop import compile_time
 
 PRIVATE = ["--noise-multiplier", "1.0"]
 
@@ -78,7 +82,24 @@ def ws(tmp_path, tiny_data_dir):
     (tmp_path / "broken.toml").write_text("epochs = \n")
     (tmp_path / "bad-range.toml").write_text("epochs = 0\nnoise_multiplier = 1.0\n")
     (tmp_path / "not-a-run.json").write_text("[1, 2]")
+    x, y = _blobs(40)
+    np.savez(tmp_path / "good.npz", x=x, y=y)
+    np.savez(tmp_path / "float-labels.npz", x=x, y=y + 0.5)
+    np.savez(tmp_path / "no-labels.npz", x=x)
+    (tmp_path / "data.txt").write_text("1,2,0\n")
+    fake_run(tmp_path / "py-run", model="python:MLP", dataset="python:arrays")
+    fake_run(tmp_path / "py-data", model="tests.cli_models:tiny", dataset="python:arrays")
+    fake_old_fit_run(tmp_path / "old-fit")
     return tmp_path, tiny_data_dir
+
+
+def _blobs(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`n` examples of `cli_models.FEATURES` features in `cli_models.CLASSES` separable blobs."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % cli_models.CLASSES
+    centres = 3.0 * rng.standard_normal((cli_models.CLASSES, cli_models.FEATURES))
+    x = centres[y] + rng.standard_normal((n, cli_models.FEATURES))
+    return x.astype(np.float32), y.astype(np.int32)
 
 
 # --- 1. silent flags: combinations that cannot all hold --------------------------------------
@@ -109,6 +130,10 @@ SILENT = [
     (["train", "--config", "{ws}/missing.toml", "--out", "{ws}/new"], "does not exist"),
     (["train", "--config", "{ws}/full", "--out", "{ws}/new"], "is a directory"),
     (["train", "--config", "{ws}/not-a-run.json", "--out", "{ws}/new"], "not a run's config"),
+    (["train", "--config", "{ws}/py-run/config.json", "--out", "{ws}/new"],
+     "dataset=python:arrays, model=python:MLP were given in Python"),
+    (["train", "--config", "{ws}/old-fit/config.json", "--out", "{ws}/new"],
+     "is a 'fit' run (toolkit.fit"),
     (["train", "--config", "{ws}/bad-range.toml", "--data-dir", "{data}", "--out", "{ws}/new"],
      "epochs=0"),
     (["audit", "--config", "{ws}/bad-key.toml", "--out", "{ws}/new"], "did you mean 'epochs'"),
@@ -126,6 +151,127 @@ def _fill(args, ws, data):
 def test_conflicting_flags_and_bad_config_files(args, needle, ws, capsys):
     root, data = ws
     _fails_cleanly(_fill(args, root, data), capsys, root, needle)
+
+
+# --- 1b. your own model and data: --model and --data ------------------------------------------
+
+# Run from the repository root (`--model` imports with the current directory on sys.path).
+_OWN = ["train", "--data", "{ws}/good.npz", "--batch-size", "10", *PRIVATE, "--quiet",
+        "--out", "{ws}/new"]  # fmt: skip
+OWN_MODEL = [
+    (["--model", "tiny"], "model='tiny' is unknown"),  # no colon: not package.module:factory
+    (["--model", "tests.cli_models"], "model='tests.cli_models' is unknown"),
+    (["--model", "tests.no_such_module:tiny"], "cannot import module 'tests.no_such_module'"),
+    (["--model", "tests.cli_models:missing"], "has no 'missing'"),
+    (["--model", "tests.cli_models:NOT_CALLABLE"], "is not callable"),
+    (["--model", "tests.cli_models:not_a_module"], "returned dict; expected a flax.nnx.Module"),
+    (["--model", "tests.cli_models:tiny", "--activation", "relu"], "--activation: "),
+    (["--model", "tests.cli_models:tiny", "--scale", "2"], "--scale: "),
+    (["--model", "tests.cli_models:tiny", "--weight-standardization"],
+     "--weight-standardization: "),
+]  # fmt: skip
+OWN_DATA = [
+    (["--dataset", "mnist"], "--dataset=mnist both name the training data"),
+    (["--data", "{ws}/data.txt"], "data.txt' is unknown"),  # replaces --data above
+    (["--data", "{ws}/missing.npz"], "missing.npz' is not a file"),
+    (["--data", "{ws}/float-labels.npz"], "holds non-integer labels"),
+    (["--data", "{ws}/no-labels.npz"], "has no array 'y'"),
+    (["--loss", "nope"], "loss='nope' is unknown"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "needle"), OWN_MODEL)
+def test_bad_model_specs_are_one_line_naming_the_model(args, needle, ws, capsys, monkeypatch):
+    root, data = ws
+    monkeypatch.chdir(REPO)
+    line = _fails_cleanly(_fill([*_OWN, *args], root, data), capsys, root, needle)
+    assert "model" in line
+
+
+@pytest.mark.parametrize(("args", "needle"), OWN_DATA)
+def test_bad_data_files_are_one_line(args, needle, ws, capsys, monkeypatch):
+    root, data = ws
+    monkeypatch.chdir(REPO)
+    own = [*_OWN, "--model", "tests.cli_models:tiny"]
+    if args[0] == "--data":  # instead of good.npz
+        at = own.index("--data")
+        own = own[:at] + own[at + 2 :]
+    _fails_cleanly(_fill([*own, *args], root, data), capsys, root, needle)
+
+
+def test_bias_of_a_run_given_in_python_says_how_to_run_it_from_python(ws, capsys):
+    root, data = ws
+    for run, what in (("py-run", "model and train_data were"), ("py-data", "train_data was")):
+        line = _fails_cleanly(["bias", f"{root}/{run}", "--out", f"{root}/bias"], capsys, root)
+        assert f"RUN_DIR={root}/{run}: its {what} given in Python" in line, line
+        assert "(toolkit.studies.run_bias)" in line, line
+
+
+@pytest.mark.slow  # two runs of a tiny MLP and a bias measurement
+def test_train_your_model_on_a_data_file_writes_a_run_that_table_and_bias_read(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(REPO)
+    x, y = _blobs(60)
+    tx, ty = _blobs(30, seed=1)
+    np.savez(tmp_path / "blobs.npz", x=x, y=y, x_test=tx, y_test=ty)
+    np.savez(tmp_path / "train-only.npz", x=x, y=y)
+    common = ["--model", "tests.cli_models:tiny", "--epochs", "1", "--batch-size", "20",
+              "--noise-multiplier", "1.0", "--lr", "0.5", "--quiet"]  # fmt: skip
+
+    def toolkit(*args) -> int:
+        return launch.run(app, [str(a) for a in args])
+
+    # Without a held-out split: trained and recorded, nothing evaluated.
+    code = toolkit("train", *common, "--data", tmp_path / "train-only.npz",
+                   "--out", tmp_path / "plain")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert rundir.read_summary(tmp_path / "plain").test_accuracy is None
+    code = toolkit("train", *common, "--data", tmp_path / "blobs.npz", "--keep-checkpoints",
+                   "1", "--out", tmp_path / "run")  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "per-class acc. std" in captured.out and "eps (rdp-classic)" in captured.out
+    record = json.loads((tmp_path / "run" / rundir.CONFIG).read_text())
+    assert record["kind"] == "run" and record["config"]["activation"] is None
+    assert record["config"]["model"] == "tests.cli_models:tiny"
+    assert record["config"]["dataset"] == str(tmp_path / "blobs.npz")
+    assert [r.epoch for r in rundir.read_epochs(tmp_path / "run")] == [1]
+    assert 0 <= rundir.read_summary(tmp_path / "run").test_accuracy <= 1
+    # `toolkit table` reads it (the other run has no test accuracy: skipped, and said so).
+    assert toolkit("table", tmp_path / "run", tmp_path / "plain") == 0
+    captured = capsys.readouterr()
+    (row,) = [ln for ln in captured.out.splitlines() if ln.startswith("| blobs.npz")]
+    assert row.startswith("| blobs.npz | tests.cli_models:tiny | - | DP-SGD |")
+    assert f"skipping run {tmp_path / 'plain'}: no numeric test_accuracy" in captured.err
+    # `toolkit bias` rebuilds the model from its factory and the data from the file.
+    code = toolkit("bias", tmp_path / "run", "--sample", "20", "--out", tmp_path / "b")
+    assert code == 0, capsys.readouterr().err
+    (measured,) = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert measured["activation"] == "tiny" and [p["epoch"] for p in measured["points"]] == [0, 1]
+    assert set(measured["points"][1]["layers"]) == {"hidden", "out"}
+
+
+def test_train_and_audit_share_one_declaration_of_each_run_option():
+    """The options both commands take are declared once (`toolkit.cli._options.OPTIONS`):
+    the same flag, type and default; help text as declared, or the audit's own wording."""
+    import typer
+
+    command = typer.main.get_command(app)
+    train, audit = ({p.name: p for p in command.commands[c].params} for c in ("train", "audit"))
+    shared = set(train) & set(audit)
+    assert len(shared) >= 26 and shared <= set(OPTIONS)
+    assert {k for k in train if k in OPTIONS} == set(OPTIONS)
+    for name in shared:
+        a, b = train[name], audit[name]
+        ta, tb = a.type_descriptor, b.type_descriptor
+        assert (a.opts, a.is_flag, ta.annotation, a.default) == (
+            b.opts, b.is_flag, tb.annotation, b.default
+        ), name  # fmt: skip
+        assert ta.annotation is OPTIONS[name].kind, name
+        # Each command its own declaration object: it shows that command's default.
+        assert ta.parameter_info is not tb.parameter_info, name
+        assert a.help == OPTIONS[name].help, name
 
 
 def test_config_files_rerun_a_recorded_run_and_flags_override(ws):
@@ -211,7 +357,6 @@ if sys.argv[1] == "drop":
     os.execv(sys.executable, [sys.executable, "-c", CODE, "run", *sys.argv[2:]])
 from toolkit.cli import app
 from toolkit.cli import run
-from tests import REPO
 results = []
 for args in json.loads(sys.argv[2]):
     err, out = io.StringIO(), io.StringIO()
