@@ -1,1 +1,1 @@
-"""Development tools (not installed): the mutation runners that check the tests catch planted bugs."""
+"""Development tools, not installed: mutation runners that check the tests catch planted bugs."""
