@@ -53,6 +53,13 @@ def load_object(spec: str, *, option: str = "spec") -> Any:
             f"{option}={spec!r}: cannot import module {module_name!r} ({e}); it must be "
             "installed or under the current directory."
         ) from None
+    except Exception as e:  # the user's module failed while it was imported
+        where = f" ({e.filename}:{e.lineno})" if isinstance(e, SyntaxError) else ""
+        first = (str(e).splitlines() or [""])[0]
+        raise ToolkitError(
+            f"{option}={spec!r}: importing {module_name!r} raised {type(e).__name__}: "
+            f"{first}{where}."
+        ) from None
     finally:
         if added:
             sys.path.remove(cwd)

@@ -73,6 +73,8 @@ def load_arrays(path: str | Path) -> ArrayData:
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    if not zipfile.is_zipfile(p):  # np.load would read a .npy or pickle by its contents
+        raise ToolkitError(f"{p} is not a readable .npz file (not a zip archive).")
     try:
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test") if k in f.files}
@@ -89,8 +91,9 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.nda
         raise ToolkitError(f"{p}: give both x_test and y_test, or neither.")
     test = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None
     for name, a in arrays.items():
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-            raise ToolkitError(f"{p}: array {name!r} has dtype {a.dtype}; expected numbers.")
+        real = np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+        if not (real or a.dtype == np.bool_):
+            raise ToolkitError(f"{p}: array {name!r} has dtype {a.dtype}; expected real numbers.")
     return arrays["x"], arrays["y"], test
 
 

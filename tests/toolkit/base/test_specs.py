@@ -305,3 +305,22 @@ def test_spec_of_an_unimportable_module_is_a_python_spec():
     # ToolkitError of the failed import escape.
     assert spec_of(fn) == PYTHON + "helper"
     assert "_tk_specs_nowhere" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "source, raised",
+    [("def f(:\n", "SyntaxError"), ("raise RuntimeError('no GPU here')\n", "RuntimeError")],
+)
+def test_load_object_of_a_module_that_fails_on_import_is_one_line(
+    tmp_path, monkeypatch, source, raised
+):
+    # Catches: an exception other than ImportError escaping as a traceback (a toolkit bug by
+    # the CLI's rule: only ToolkitError is bad input).
+    (tmp_path / "broken_user_mod.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    try:
+        with pytest.raises(ToolkitError, match=f"--model=.*raised {raised}") as info:
+            load_object("broken_user_mod:f", option="--model")
+        assert "\n" not in str(info.value)
+    finally:
+        sys.modules.pop("broken_user_mod", None)

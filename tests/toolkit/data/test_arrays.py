@@ -336,10 +336,9 @@ def test_repr_names_path_and_shapes(tmp_path, images):
     )
 
 
-# --- known bugs (see the commit message); strict: an XPASS means the bug was fixed ----------
+# --- files that are not what their name says, and numbers that are not real ---------------
 
 
-@pytest.mark.xfail(strict=True, reason="np.load returns an ndarray for .npy bytes: TypeError")
 def test_npy_contents_under_an_npz_name_is_a_one_line_error(tmp_path):
     path = tmp_path / "data.npz"
     with path.open("wb") as f:
@@ -347,7 +346,6 @@ def test_npy_contents_under_an_npz_name_is_a_one_line_error(tmp_path):
     _refused(path, "data.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="complex passes the np.number check; y: TypeError")
 @pytest.mark.parametrize("name", ["x", "y"])
 def test_npz_complex_arrays_are_refused(tmp_path, name):
     arrays = {"x": np.zeros((3, 2)), "y": np.array([0, 1, 2])}
