@@ -36,6 +36,7 @@ def _audit_defaults() -> dict:
 @run_options
 def audit(
     dataset=RUN("mnist, fashion-mnist (default) or cifar10."),
+    data=RUN, model=RUN, loss=RUN,
     canaries: int = typer.Option(1000, help="Number m of canaries; each is included w.p. 1/2."),
     activation=RUN("relu, tanh (default), tempered, sigmoid, ..."),
     scale=RUN, inverse_temp=RUN, offset=RUN, epochs=RUN("Epochs."),

@@ -63,7 +63,7 @@ from flax import nnx
 from toolkit import grads
 from toolkit import training as train_lib
 from toolkit.base import ToolkitError, atomic_write_bytes, default_mode
-from toolkit.data import Dataset, load_dataset, to_float
+from toolkit.data import Dataset
 from toolkit.privacy import NON_PRIVATE_LABEL, accounting
 from toolkit.runs import AuditRecord, RunConfig, resolve, rundir
 from toolkit.studies._audit_stats import audit_scores, check_confidence
@@ -88,7 +88,7 @@ class Canaries:
     """`m` mislabeled training images and which of them are in (the secret bits S)."""
 
     source_index: np.ndarray  # int, (m,): index into the full training set
-    images: np.ndarray  # uint8, (m, H, W, C)
+    images: np.ndarray  # (m, ...): the training inputs, as stored
     labels: np.ndarray  # int32, (m,): a wrong label, drawn uniformly among the other classes
     included: np.ndarray  # bool, (m,): S_i, each True with probability 1/2
 
@@ -128,18 +128,25 @@ def train_with_canaries(
     return model, s.loop.epochs * s.loop.steps_per_epoch
 
 
-def _losses_and_correct(model: nnx.Module, images: np.ndarray, labels: np.ndarray):
+def _losses_and_correct(
+    model: nnx.Module, data: Dataset, images: np.ndarray, labels: np.ndarray, loss_fn=None
+):
+    """Each example's loss under the run's loss (default softmax cross-entropy) and
+    whether the argmax of the model's class scores is its label."""
     graphdef, params = nnx.split(model)
 
     @jax.jit
     def batch(params, x, y):
         logits = nnx.merge(graphdef, params)(x)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        if loss_fn is None:
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        else:
+            loss = loss_fn(logits, y)
         return loss, jnp.argmax(logits, -1) == y
 
     losses, correct = [], []
     for i in range(0, len(labels), 1000):
-        x = jnp.asarray(to_float(images[i : i + 1000]))
+        x = jnp.asarray(train_lib.model_inputs(data, images[i : i + 1000]))
         loss, c = batch(params, x, jnp.asarray(labels[i : i + 1000]))
         losses.append(np.asarray(loss, np.float64))
         correct.append(np.asarray(c))
@@ -178,7 +185,12 @@ def run_audit(
         raise ToolkitError(
             f"canaries={canaries} with delta={cfg.delta}: the audit needs 2*canaries*delta <= 1."
         )
-    full = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    full = train_lib.load_data(dataclasses.replace(cfg, limit_train=None, validation=0))
+    if full.num_classes < 2:
+        raise ToolkitError(
+            f"dataset={cfg.dataset!r}: the audit's canaries are relabelled training examples, "
+            "so it needs integer class labels (2 classes or more)."
+        )
     n_full = len(full.train_labels)
     base = cfg.limit_train if cfg.limit_train is not None else n_full - canaries
     if not (base >= 1 and base + canaries <= n_full):
@@ -197,8 +209,9 @@ def run_audit(
     t0 = time.perf_counter()
     model, steps = train_with_canaries(cfg, data, canary, progress=progress)
     train_time = time.perf_counter() - t0
-    losses, _ = _losses_and_correct(model, canary.images, canary.labels)
-    _, test_correct = _losses_and_correct(model, full.test_images, full.test_labels)
+    loss_fn = train_lib.loss_of(cfg, train_lib.Objects())
+    losses, _ = _losses_and_correct(model, full, canary.images, canary.labels, loss_fn)
+    _, test_correct = _losses_and_correct(model, full, full.test_images, full.test_labels, loss_fn)
     result = audit_scores(-losses, canary.included, delta=cfg.delta, confidence=confidence)
 
     privacy = train_lib.privacy_params(cfg, num_examples=n)
@@ -235,7 +248,8 @@ def run_audit(
             "epsilon_lower_bound": result.epsilon_lower_bound,
             "confidence": confidence,
             "consistent": bool(result.epsilon_lower_bound <= tightest),
-            "test_accuracy": float(test_correct.mean()),
+            # NaN (null in audit.json) for a data file without a test split
+            "test_accuracy": float(test_correct.mean()) if len(test_correct) else math.nan,
             "train_time_s": train_time,
             "provenance": rundir.provenance(),
         }

@@ -252,6 +252,25 @@ def test_train_your_model_on_a_data_file_writes_a_run_that_table_and_bias_read(
     assert set(measured["points"][1]["layers"]) == {"hidden", "out"}
 
 
+@pytest.mark.slow  # one short audit of a tiny MLP
+def test_audit_runs_on_your_model_and_data_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    x, y = _blobs(240)
+    np.savez(tmp_path / "blobs.npz", x=x, y=y, x_test=x[:40], y_test=y[:40])
+    code = launch.run(app, ["audit", "--model", "tests.cli_models:tiny", "--data",
+                            str(tmp_path / "blobs.npz"), "--canaries", "40", "--epochs", "1",
+                            "--batch-size", "40", "--noise-multiplier", "1.0", "--lr", "0.5",
+                            "--quiet", "--json", "--out", str(tmp_path / "audit")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    record = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert record["config"]["model"] == "tests.cli_models:tiny"
+    assert record["num_base"] == 200 and record["canaries"] == 40
+    # Separable blobs: the held-out accuracy is far above chance (1/3), and reported.
+    assert record["test_accuracy"] > 0.6
+    assert record["consistent"] is True
+
+
 def test_train_and_audit_share_one_declaration_of_each_run_option():
     """The options both commands take are declared once (`toolkit.cli._options.OPTIONS`):
     the same flag, type and default; help text as declared, or the audit's own wording."""
