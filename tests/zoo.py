@@ -1,4 +1,5 @@
-"""Models that users write, small enough to compile in seconds: the neighbour test's zoo.
+"""Models that users write, small enough to compile in seconds: the neighbour test's zoo,
+and the factories and models of the run tests (`tiny_mlp`, `Logit`).
 
 Each entry of `ZOO` is `(make_model, make_data)`: `make_model()` builds the model from
 fixed seeds (`nnx.Rngs(0)`, as the README example does: the model's own key is not
@@ -203,6 +204,31 @@ class RowShift(nnx.Module):
         if h.shape[0] > 3:
             h = h + jax.lax.stop_gradient(jnp.roll(h, 3, axis=0))
         return self.fc2(jnp.tanh(h))
+
+
+class TinyMlp(nnx.Module):
+    """784 inputs (a 28 x 28 x 1 image, flattened) -> 8 tanh units -> 10 class logits."""
+
+    def __init__(self, rngs: nnx.Rngs, width: int = 8):
+        self.fc1, self.fc2 = nnx.Linear(784, width, rngs=rngs), nnx.Linear(width, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(jnp.tanh(self.fc1(x.reshape(x.shape[0], -1))))
+
+
+def tiny_mlp(*, rngs: nnx.Rngs) -> TinyMlp:
+    """A model factory with an import path: a run records it as "tests.zoo:tiny_mlp"."""
+    return TinyMlp(rngs)
+
+
+class Logit(nnx.Module):
+    """One logit per example, shape (B, 1): a binary classifier."""
+
+    def __init__(self, rngs: nnx.Rngs, d: int = 8):
+        self.fc = nnx.Linear(d, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc(x)
 
 
 ZOO = {

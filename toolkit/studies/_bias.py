@@ -50,7 +50,16 @@ from toolkit import grads as cg
 from toolkit.base import ToolkitError, atomic_write_json, outputs
 from toolkit.grads import clipping as clip_lib
 from toolkit.runs import RunConfig, config_from_record, rundir
-from toolkit.training import Objects, init_model, load_data, load_run, loss_of, model_inputs
+from toolkit.training import (
+    Objects,
+    check_model_kind,
+    init_model,
+    is_factory,
+    load_data,
+    load_run,
+    loss_of,
+    model_inputs,
+)
 
 DIAGNOSTIC_LABEL = (
     "diagnostic computed on private training data without noise: not covered by eps, "
@@ -217,7 +226,7 @@ def check_run(
     cfg = config_from_record(rundir.read_config(run), where=str(run / rundir.CONFIG))
     needed = Objects(model=objects.model, train_data=objects.train_data)
     needed.check(dataclasses.replace(cfg, loss="softmax_cross_entropy", optimizer="sgd"),
-                 where=f"RUN_DIR={run}")  # fmt: skip
+                 where=f"RUN_DIR={run}", api="toolkit.studies.run_bias")  # fmt: skip
     kept = rundir.kept_checkpoints(run)
     if not kept:
         raise ToolkitError(
@@ -252,8 +261,11 @@ def run_bias(
         sample_size: Number of training examples, drawn without replacement from `seed`.
         seed: Seed of the sample (the same seed and run give the same sample).
         clip_norm: C to clip at; default the run's C. Required for a non-private run.
-        model, train_data: The run's model (an instance of the trained structure, or its
-            factory) and training arrays, when they were given in Python.
+        model, train_data: The run's model and training arrays, when they were given in
+            Python. The model is an instance of the trained structure, a function of no
+            arguments returning one, or its factory `f(rngs=...)`: only a factory (or a
+            model the run names) gives the epoch-0 point, the initialisation at the run's
+            seed.
     """
     objects = Objects(model=model, train_data=train_data)
     cfg, kept, clip_norm = check_run(run, clip_norm=clip_norm, objects=objects)
@@ -268,7 +280,13 @@ def run_bias(
     kw = dict(
         clip_norm=clip_norm, clipping=clipping, gamma=cfg.gamma, loss_fn=loss_of(cfg, objects)
     )
-    start = init_model(cfg, data, objects) if not isinstance(model, nnx.Module) else None
+    # The initialisation is rebuilt from the run's seed when the model is built from its
+    # record or from the factory given; an instance's starting values were not recorded.
+    rebuilt = model is None or is_factory(model)
+    if rebuilt:  # the kind of model the run was made from: its noise key tells
+        with np.load(next(iter(kept.values()))) as z:
+            check_model_kind(cfg, objects, saved_key=z["key"], where=f"RUN_DIR={run}")
+    start = init_model(cfg, data, objects) if rebuilt else None
     points = [] if start is None else [measure(start, x, y, epoch=0, **kw)]
     for epoch in kept:
         trained = load_run(run, epoch=epoch, model=model).model

@@ -63,6 +63,8 @@ from toolkit.training._sources import (
     Objects,
     OptimizerSpec,
     build_model,
+    check_model_kind,
+    is_factory,
     load_data,
     loss_of,
     model_inputs,
@@ -333,18 +335,38 @@ def resume(
         )
     s = setup(cfg, data, objects, out=out, metrics=metrics)
     if (out / rundir.CHECKPOINT).exists():
-        params, opt_state, _, _, meta = rundir.load_checkpoint(
+        params, opt_state, _, key, meta = rundir.load_checkpoint(
             out, params=s.params, opt_state=s.opt_state, state=s.loop.state,
             cfg_hash=record["config_hash"],
         )  # fmt: skip
         s = dataclasses.replace(s, params=params, opt_state=opt_state)
         start, history = meta["epoch"], meta["history"]
+        _check_resumable(cfg, objects, key=key, history=history, where=where)
     else:  # killed before the first epoch ended
         start, history = 0, []
     sink = TensorBoardSink(tensorboard) if tensorboard is not None else None
     rundir.remove_stale_temporaries(out)  # left by a kill during an atomic write
     rundir.write_epochs(out, history)
     return _run(s, out, start_epoch=start, history=history, progress=progress, sink=sink)
+
+
+def _check_resumable(cfg: RunConfig, objects: Objects, *, key, history, where: str) -> None:
+    """The objects given again continue the run as it was made, or a one-line error.
+
+    The model is of the kind the run was made from (`check_model_kind`): another would
+    change every example's dropout and augmult keys from here on. Arrays given with
+    `eval_data` were evaluated each epoch: without them (or with them, where they were
+    not) the records would change their metrics halfway.
+    """
+    check_model_kind(cfg, objects, saved_key=key, where=where)
+    if cfg.dataset != ARRAYS or cfg.validation or not history:
+        return
+    evaluated = "test_loss" in history[-1].metrics
+    if evaluated != (objects.eval_data is not None):
+        raise ToolkitError(
+            f"{where}: the run was {'' if evaluated else 'not '}evaluated on eval_data each "
+            f"epoch; {'pass the same eval_data= again' if evaluated else 'do not pass eval_data='}."
+        )
 
 
 def _run(s: Setup, out: Path | None, *, start_epoch: int, history, progress,
@@ -562,8 +584,8 @@ def load_run(
         path: A run directory written by `toolkit train --out` or `fit(out=...)`.
         model: The model's structure, needed when the run's model was given in Python
             (recorded as `python:<class>`): an instance of the same class and shape (its
-            values are replaced), or a function returning one. A run whose model is named
-            is rebuilt from its config.
+            values are replaced), a factory `f(rngs=...)`, or a function of no arguments
+            returning one. A run whose model is named is rebuilt from its config.
         epoch: Load the checkpoint kept after this epoch (`keep_checkpoints`) instead of
             the last one; the history is then the one it holds (epochs 1..epoch).
 
@@ -591,8 +613,10 @@ def load_run(
 
 def _skeleton(cfg: RunConfig, model, *, where: str) -> nnx.Module:
     """A model of the run's structure (its values are replaced by the checkpoint's)."""
-    if model is not None:
-        return model() if callable(model) and not isinstance(model, nnx.Module) else model
+    if isinstance(model, nnx.Module):
+        return model
+    if model is not None:  # a factory, called as in training, or a function of no arguments
+        return model(rngs=nnx.Rngs(0)) if is_factory(model) else model()
     if cfg.model.startswith(specs.PYTHON):
         raise ToolkitError(
             f"{where} is a run of a model given in Python ({cfg.model}); pass model= an "

@@ -18,6 +18,7 @@ is then passed again to continue or read the run (`Objects`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -82,18 +83,26 @@ class Objects:
     loss_fn: LossFn | None = None
     optimizer: optax.GradientTransformation | None = None
 
-    def check(self, cfg: RunConfig, *, where: str) -> None:
-        """Each `python:` entry of `cfg` has its object here, and no named one has one."""
+    def check(
+        self, cfg: RunConfig, *, where: str, api: str = "toolkit.resume / toolkit.load_run"
+    ) -> None:
+        """Each `python:` entry of `cfg` has its object here, and no named one has one.
+
+        Every missing object is named in one error; `api` says where to pass them.
+        """
         pairs = (
             ("model", cfg.model, self.model), ("train_data", cfg.dataset, self.train_data),
             ("loss_fn", cfg.loss, self.loss_fn), ("optimizer", cfg.optimizer, self.optimizer),
         )  # fmt: skip
+        missing = [(n, r) for n, r, g in pairs if r.startswith(specs.PYTHON) and g is None]
+        if missing:
+            names = " and ".join(n for n, _ in missing)
+            raise ToolkitError(
+                f"{where}: its {names} {'was' if len(missing) == 1 else 'were'} given in Python "
+                f"({', '.join(r for _, r in missing)}) without an import path; pass "
+                f"{' and '.join(n + '=' for n, _ in missing)} again ({api})."
+            )
         for name, recorded, given in pairs:
-            if recorded.startswith(specs.PYTHON) and given is None:
-                raise ToolkitError(
-                    f"{where}: its {name} was given in Python ({recorded}) and has no import "
-                    f"path; pass {name}= again (toolkit.resume / toolkit.load_run)."
-                )
             if given is not None and not recorded.startswith(specs.PYTHON):
                 raise ToolkitError(
                     f"{where}: {name} is recorded as {recorded!r} and is built from it; "
@@ -175,6 +184,44 @@ def run_keys(cfg: RunConfig, objects: Objects) -> tuple[jax.Array | None, jax.Ar
         return None, jax.random.key(cfg.seed)
     init_key, noise_key = jax.random.split(jax.random.key(cfg.seed))
     return init_key, noise_key
+
+
+def is_factory(model: Any) -> bool:
+    """Whether `model` is a model factory, called as `model(rngs=nnx.Rngs(seed))`: a callable
+    (a class too) that is not a module and takes an `rngs` keyword."""
+    if isinstance(model, nnx.Module) or not callable(model):
+        return False
+    try:
+        params = inspect.signature(model).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: not a factory
+        return False
+    return any(
+        (p.name == "rngs" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in params
+    )
+
+
+def check_model_kind(cfg: RunConfig, objects: Objects, *, saved_key, where: str) -> None:
+    """The model given again is of the kind the run was made from, or a one-line error.
+
+    `saved_key` is the noise key a checkpoint of the run holds (a key, or its data). It
+    is the seed's key when the run was made from a model instance, and half of its split
+    when the toolkit built the model (`run_keys`): a factory given for an instance's run
+    (or the reverse) would start from another initialisation and draw other keys.
+    """
+    _, noise_key = run_keys(cfg, objects)
+    saved = saved_key
+    if isinstance(saved, jax.Array) and jax.dtypes.issubdtype(saved.dtype, jax.dtypes.prng_key):
+        saved = jax.random.key_data(saved)
+    if np.array_equal(np.asarray(saved), np.asarray(jax.random.key_data(noise_key))):
+        return
+    if objects.model is None:
+        why = "its checkpoint holds another noise key than its seed gives"
+    elif isinstance(objects.model, nnx.Module):
+        why = "model= is an nnx.Module instance, but the run was made from a factory"
+    else:
+        why = "model= is a factory, but the run was made from an nnx.Module instance"
+    raise ToolkitError(f"{where}: {why} (the noise key differs); pass the model as fit had it.")
 
 
 def build_model(cfg: RunConfig, data: Dataset, objects: Objects, init_key) -> nnx.Module:

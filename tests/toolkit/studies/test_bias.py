@@ -1,8 +1,11 @@
-"""`toolkit.studies` bias against an independent computation; `toolkit bias` end to end."""
+"""`toolkit.studies` bias against an independent computation; `toolkit bias` end to end; the
+bias of `toolkit.fit` runs: a factory and a data file named in the record, or objects
+given in Python again."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import jax
@@ -12,7 +15,11 @@ import pytest
 from flax import nnx
 from typer.testing import CliRunner
 
+import toolkit
+from tests import zoo
+from toolkit.base import ToolkitError
 from toolkit.cli import app
+from toolkit.data import to_float
 from toolkit.runs import RunConfig, rundir
 from toolkit.studies import _bias as bias
 from toolkit.training import train
@@ -153,3 +160,86 @@ def test_bad_input_is_one_line_exit_2_nothing_written(kept_run, tmp_path):
     (nonprivate / rundir.CONFIG).write_text(json.dumps(record))
     assert "give --clip-norm" in _error([str(nonprivate), "--out", str(out)])
     assert not out.with_suffix(".json").exists() and not out.with_suffix(".png").exists()
+
+
+# --- runs of toolkit.fit --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory):
+    """A factory with an import path trained on a .npz file of uint8 images: the record
+    names both, so nothing is given again. 2 epochs, both checkpoints kept."""
+    d = tmp_path_factory.mktemp("file_run")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (160, 28, 28, 1)).astype(np.uint8)
+    y = rng.integers(0, 10, 160).astype(np.int32)
+    np.savez(d / "digits.npz", x=x[:120], y=y[:120], x_test=x[120:], y_test=y[120:])
+    toolkit.fit(zoo.tiny_mlp, str(d / "digits.npz"), optimizer=toolkit.optimizer("sgd", lr=0.5),
+                batch_size=40, epochs=2, clip_norm=0.1, noise_multiplier=0.8, delta=1e-3,
+                keep_checkpoints=1, out=d / "run")  # fmt: skip
+    return d / "run", x[:120], y[:120]
+
+
+@pytest.mark.slow
+def test_run_bias_of_a_fit_run_rebuilds_its_factory_and_data_file(file_run):
+    run, x, y = file_run
+    got = bias.run_bias(run, sample_size=50, seed=4)
+    assert [p.epoch for p in got.points] == [0, 1, 2]
+    assert (got.activation, got.clip_norm, got.clipping, got.private) == (
+        "tiny_mlp", 0.1, "flat", True
+    )  # fmt: skip
+    # By hand: 50 of the file's 120 training examples drawn with seed 4, scaled to [0, 1],
+    # at each kept checkpoint and at the run's initialisation (the same float32 program on
+    # the same arrays: equal, not close).
+    idx = np.sort(np.random.default_rng(4).choice(120, size=50, replace=False))
+    xs, ys = to_float(x[idx]), y[idx]
+    cfg = toolkit.load_run(run).config
+    starts = toolkit.training.init_model(cfg, toolkit.training.load_data(cfg))
+    for point in got.points:
+        model = starts if point.epoch == 0 else toolkit.load_run(run, epoch=point.epoch).model
+        assert point == bias.measure(model, xs, ys, clip_norm=0.1, epoch=point.epoch)
+    assert got.points[0].cosine != got.points[2].cosine  # training moved the parameters
+    assert got.points[2].fraction_clipped > 0  # C = 0.1 clips: the bias is not trivially 0
+
+
+def _factory(*, rngs: nnx.Rngs) -> nnx.Module:
+    return zoo.Mlp(rngs)
+
+
+@pytest.fixture(scope="module")
+def python_run(tmp_path_factory):
+    """A factory without an import path (a lambda: `python:<lambda>`) and arrays given in
+    Python, C = 1e-30: every update is below the float32 resolution of the parameters
+    (|update| <= lr C), so the kept checkpoint holds the initialisation to 1e-30."""
+    out = tmp_path_factory.mktemp("python_run") / "run"
+    data = zoo.vectors(60)
+    toolkit.fit(lambda *, rngs: zoo.Mlp(rngs), data, optimizer=toolkit.optimizer("sgd", lr=0.5),
+                batch_size=20, epochs=1, clip_norm=1e-30, noise_multiplier=0.8, delta=1e-3,
+                keep_checkpoints=1, out=out)  # fmt: skip
+    return out, data
+
+
+def test_run_bias_of_python_objects_needs_them_again(python_run, tmp_path):
+    run, data = python_run
+    with pytest.raises(ToolkitError) as e:
+        bias.run_bias(run, sample_size=20)
+    message = str(e.value)
+    assert "\n" not in message
+    assert re.search(r"\(python:\S*<lambda>, python:arrays\) without an import path", message)
+    assert "pass model= and train_data= again (toolkit.studies.run_bias)" in message
+    line = _error([str(run), "--out", str(tmp_path / "b")])  # the command line cannot
+    assert "its model and train_data were given in Python" in line
+    got = bias.run_bias(run, sample_size=20, model=_factory, train_data=data, clip_norm=1.0)
+    assert [p.epoch for p in got.points] == [0, 1]
+    # Epoch 0 is rebuilt from the factory and the run's seed; epoch 1 is the checkpoint,
+    # which holds the run's initialisation (fixture): the two points agree. float32
+    # gradients at parameters equal to ~1e-30: 1e-6 relative.
+    start, kept = got.points
+    assert start.cosine == pytest.approx(kept.cosine, rel=1e-6)
+    assert start.mean_grad_norm == pytest.approx(kept.mean_grad_norm, rel=1e-6)
+    assert start.fraction_clipped == kept.fraction_clipped
+    assert start.cosine < 1 - 1e-4  # C = 1 clips some examples: the points are not trivial
+    # An instance gives the structure only: its own values are not the run's start.
+    alone = bias.run_bias(run, sample_size=20, model=zoo.Mlp(nnx.Rngs(9)), train_data=data,
+                          clip_norm=1.0)  # fmt: skip
+    assert alone.points == [kept]
