@@ -17,6 +17,7 @@ import pytest
 from scipy import special, stats
 from typer.testing import CliRunner
 
+from toolkit import training as train_lib
 from toolkit.cli import app
 from toolkit.data import load_dataset
 from toolkit.privacy import PoissonSampler, accounting
@@ -24,7 +25,6 @@ from toolkit.runs import RunConfig
 from toolkit.studies import _audit as audit
 from toolkit.studies import _audit_stats as audit_stats
 from toolkit.training import _dpsgd as dpsgd
-from toolkit.training import _train as train_lib
 
 runner = CliRunner()
 CONF = 0.95
@@ -217,7 +217,7 @@ def test_a_bound_above_the_accountant_is_flagged_as_a_bug(tiny_data_dir, tmp_pat
     """Fake an over-claiming audit (no training): exit 1, 'BUG:' on stderr, record written."""
 
     def no_training(cfg, data, canaries, progress=False):
-        return train_lib.init_model(cfg)[0], 0
+        return train_lib.init_model(cfg, data), 0
 
     def over_claim(*args, **kwargs):
         return dataclasses.replace(real(*args, **kwargs), epsilon_lower_bound=50.0)

@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from toolkit.grads import _clipping as clipping
 from toolkit.grads import _per_example as per_example
+from toolkit.grads import clipping
 from toolkit.nn import ActivationSpec, build_model
 from toolkit.privacy import _privatizer as privatizer
 from toolkit.training import _dpsgd as dpsgd

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 import toolkit
-from tests import REPO
+from tests import REPO, zoo
 from toolkit.base import ToolkitError
 from toolkit.privacy import PoissonSampler
 from toolkit.runs import AuditRecord, EpochRecord, GradNormStats, RunSummary, rundir
@@ -117,16 +117,16 @@ def test_fit_matches_the_lower_level_path_step_for_step(module, path, tmp_path):
     data = _data()
     kw = dict(optimizer=optax.sgd(0.5, momentum=0.9), batch_size=40, epochs=2, clip_norm=0.5)
     result = toolkit.fit(module(nnx.Rngs(0)), data, noise_multiplier=0.7, seed=5, **kw,
-                         out=tmp_path / "run", max_physical_batch=24)  # fmt: skip
+                         out=tmp_path / "run", max_physical_batch=24,
+                         keep_checkpoints=1)  # fmt: skip
     by_hand, impl = _by_hand(module(nnx.Rngs(0)), data, loss_fn=None, sigma=0.7, seed=5, **kw)
     assert impl == path and [r.per_example_grads for r in result.history] == [path] * 2
     final = nnx.state(result.model, nnx.Param)
     for a, b in zip(_leaves(final), _leaves(by_hand[-1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # Epoch 1 as well, through the checkpoint the run directory held after it... the last
-    # checkpoint is epoch 2; epoch 1's parameters are compared through a 1-epoch fit.
-    one = toolkit.fit(module(nnx.Rngs(0)), data, noise_multiplier=0.7, seed=5,
-                      **{**kw, "epochs": 1})  # fmt: skip
+    # Epoch 1 as well, through the checkpoint kept after it (its values replace the
+    # skeleton's).
+    one = toolkit.load_run(tmp_path / "run", model=module(nnx.Rngs(1)), epoch=1)
     for a, b in zip(_leaves(nnx.state(one.model, nnx.Param)), _leaves(by_hand[0]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # eps under every accountant, for q = 40/240 and 2 * 6 steps (the loop's per-epoch PLD
@@ -149,21 +149,17 @@ def test_load_run_round_trip_gives_identical_outputs(tmp_path):
         assert back.epsilon == result.epsilon and back.history == list(result.history)
         assert back.config == result.config and back.summary == result.summary
     assert result.epsilon["rdp-classic"] <= 4.0
-    with pytest.raises(ToolkitError, match="pass model= an instance of Mlp"):
+    with pytest.raises(ToolkitError, match=r"given in Python \(python:Mlp\); pass model= an"):
         toolkit.load_run(tmp_path / "r")
-    with pytest.raises(ToolkitError, match="another model"):
+    with pytest.raises(ToolkitError, match="does not match the checkpoint"):
         toolkit.load_run(tmp_path / "r", model=Mlp(nnx.Rngs(0), width=9))
 
 
-def test_load_run_rebuilds_a_toolkit_train_run(tiny_data_dir, tmp_path):
+def test_load_run_rebuilds_a_toolkit_train_run(tiny_data_dir, tiny_run):
     from toolkit.data import load_dataset, to_float
-    from toolkit.runs import RunConfig
-    from toolkit.training import train
 
-    cfg = RunConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), epochs=1,
-                      batch_size=60, lr=0.5, clip_norm=1.0, noise_multiplier=1.0)  # fmt: skip
-    trained = train(cfg, out=tmp_path / "t")
-    back = toolkit.load_run(tmp_path / "t")
+    trained = tiny_run.result  # train(tiny_config(...), out=...): the paper CNN, by name
+    back = toolkit.load_run(tiny_run.out)
     test = load_dataset("fashion-mnist", data_dir=tiny_data_dir)
     xs = jnp.asarray(to_float(test.test_images[:64]))
     np.testing.assert_array_equal(np.asarray(back.model(xs)), np.asarray(trained.model(xs)))
@@ -405,3 +401,55 @@ def test_fit_with_ema_keeps_the_iterates_and_evaluates_the_average():
     assert ema.config.ema_decay == 0.5
     with pytest.raises(ToolkitError, match="ema_decay=1.5"):
         toolkit.fit(Mlp(nnx.Rngs(0)), (x, y), ema_decay=1.5, **kw)
+
+
+def test_a_single_logit_model_reports_accuracy_by_the_sign_of_its_logit():
+    """One logit per example (B, 1), the loss by name: accuracy is the share of held-out
+    examples with (z > 0) == (label == 1), here checked against the returned model's
+    logits. Two thirds of the labels are 1, so argmax over the single output (always
+    class 0) would report about 1/3 where the sign, on separable data, gives more."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = (x @ rng.normal(size=8) > -0.8).astype(np.int32)  # a linear rule: 2/3 positive
+    held_x, held_y = x[200:], y[200:]
+    result = toolkit.fit(zoo.Logit(nnx.Rngs(0)), (x[:200], y[:200]),
+                         loss_fn="sigmoid_binary_cross_entropy",
+                         optimizer=toolkit.optimizer("sgd", lr=1.0), batch_size=50, epochs=2,
+                         clip_norm=1.0, noise_multiplier=0.5, delta=1e-3,
+                         eval_data=(held_x, held_y))  # fmt: skip
+    assert result.config.loss == "sigmoid_binary_cross_entropy"
+    m = result.history[-1].metrics
+    z = np.asarray(result.model(jnp.asarray(held_x)), np.float64)
+    assert z.shape == (100, 1)
+    z = z[:, 0]
+    # The hook's float32 logits and these agree to ~1e-6; no logit is that close to 0.
+    assert np.min(np.abs(z)) > 1e-4
+    hits = (z > 0) == (held_y == 1)
+    assert m["test_accuracy"] == hits.mean()
+    assert m["test_accuracy"] > 0.7 and np.mean(held_y == 0) < 0.4  # argmax would give < 0.4
+    assert m["per_class_accuracy"] == [hits[held_y == 0].mean(), hits[held_y == 1].mean()]
+    # The loss is the logistic loss log(1 + exp(-s z)), s = +-1: float32 vs float64, 1e-5.
+    s = np.where(held_y == 1, 1.0, -1.0)
+    assert m["test_loss"] == pytest.approx(np.mean(np.logaddexp(0.0, -s * z)), rel=1e-5)
+
+
+def test_numpy_scalars_are_accepted_and_recorded_as_python_numbers(tmp_path):
+    x, y = zoo.vectors(128)
+    result = toolkit.fit(zoo.Mlp(nnx.Rngs(0)), (x, y),
+                         optimizer=toolkit.optimizer("sgd", lr=np.float32(0.5)),
+                         batch_size=np.int64(64), epochs=np.int64(1), clip_norm=np.float32(1.0),
+                         noise_multiplier=np.float64(0.7), delta=np.float64(1e-3),
+                         seed=np.int32(2), keep_checkpoints=np.int64(1),
+                         out=tmp_path / "r")  # fmt: skip
+    recorded = json.loads((tmp_path / "r" / rundir.CONFIG).read_text())["config"]
+    expected = dict(batch_size=64, epochs=1, clip_norm=1.0, noise_multiplier=0.7, delta=1e-3,
+                    seed=2, lr=0.5, keep_checkpoints=1)  # fmt: skip
+    for name, value in expected.items():
+        got = getattr(result.config, name)
+        assert got == value and type(got) is type(value), (name, got)
+        assert recorded[name] == value and type(recorded[name]) is type(value), name
+    # The numbers mean what they say: 128 // 64 = 2 steps at q = 1/2 and sigma 0.7.
+    assert [r.step for r in result.history] == [2]
+    assert list(rundir.kept_checkpoints(tmp_path / "r")) == [1]
+    expected_eps = toolkit.PrivacyParams(128, 64, 1, 0.7, delta=1e-3).epsilons()
+    assert result.epsilon == pytest.approx(expected_eps, rel=1e-8)

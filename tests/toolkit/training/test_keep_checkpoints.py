@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import toolkit
-from tests.configs import tiny_config
+from tests.configs import TINY_MODEL, tiny_config
 from toolkit.cli import app
 from toolkit.runs import RunConfig, rundir
 from toolkit.training import resume, train
@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def _cfg(data_dir, **kw) -> RunConfig:
-    return tiny_config(data_dir, **{"seed": 5, **kw})
+    return tiny_config(data_dir, **kw)
 
 
 def _arrays(path) -> dict[str, np.ndarray]:
@@ -35,8 +35,10 @@ def _strip_times(history):
 
 
 @pytest.mark.slow
-def test_keep_checkpoints_change_no_number_and_survive_resume(tiny_data_dir, tmp_path, monkeypatch):
-    plain = train(_cfg(tiny_data_dir), out=tmp_path / "plain").history
+def test_keep_checkpoints_change_no_number_and_survive_resume(
+    tiny_data_dir, tiny_run, tmp_path, monkeypatch
+):
+    plain = tiny_run.result.history  # train(tiny_config(...)): the same run, no kept files
     # Run "kept" is killed right after epoch 1 (its epochs.jsonl written), then resumed.
     real_write = rundir.write_epochs
 
@@ -53,7 +55,7 @@ def test_keep_checkpoints_change_no_number_and_survive_resume(tiny_data_dir, tmp
     kept = resume(tmp_path / "kept").history
 
     assert _strip_times(kept) == _strip_times(plain)
-    final = _arrays(tmp_path / "plain" / rundir.CHECKPOINT)
+    final = _arrays(tiny_run.out / rundir.CHECKPOINT)
     assert _same(_arrays(tmp_path / "kept" / rundir.CHECKPOINT), final)
     files = rundir.kept_checkpoints(tmp_path / "kept")
     assert list(files) == [1, 2]
@@ -70,7 +72,7 @@ def test_keep_checkpoints_change_no_number_and_survive_resume(tiny_data_dir, tmp
 
 
 def test_keep_every_k_keeps_multiples_of_k_only(tiny_data_dir, tmp_path):
-    train(_cfg(tiny_data_dir, keep_checkpoints=2), out=tmp_path / "run")
+    train(_cfg(tiny_data_dir, keep_checkpoints=2, **TINY_MODEL), out=tmp_path / "run")
     assert list(rundir.kept_checkpoints(tmp_path / "run")) == [2]
 
 

@@ -16,6 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests import REPO
+
 F32_EPS = float(np.finfo(np.float32).eps)
 
 _SCRIPT = textwrap.dedent(
@@ -79,7 +81,7 @@ _SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_device_run():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(REPO)
     proc = _two_devices([sys.executable, "-c", _SCRIPT], root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -124,14 +126,14 @@ def test_train_on_two_devices_matches_one_device(tiny_data_dir, tmp_path):
     from toolkit.runs import RunConfig, rundir
     from toolkit.training import train
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(REPO)
     args = dict(
         dataset="fashion-mnist", data_dir=str(tiny_data_dir), epochs=2, batch_size=60, lr=0.5,
         clip_norm=1.0, noise_multiplier=0.8, seed=3, max_physical_batch=40,
     )  # fmt: skip
     script = (
         "import json, sys, jax; from pathlib import Path\n"
-        "from toolkit.runs._config import RunConfig; from toolkit.training._train import train\n"
+        "from toolkit.runs import RunConfig; from toolkit.training import train\n"
         "assert jax.local_device_count() == 2\n"
         "train(RunConfig(**json.loads(sys.argv[1])), out=Path(sys.argv[2]))\n"
     )

@@ -17,13 +17,14 @@ import optax
 import pytest
 from flax import nnx
 
+from tests.configs import TINY_MODEL, cut_after_epoch_1
+from toolkit import training as train_lib
 from toolkit.base import ToolkitError
 from toolkit.grads import Augmult
 from toolkit.grads import _per_example as per_example
 from toolkit.runs import RunConfig, resolve, rundir
 from toolkit.training import _averaging as averaging
 from toolkit.training import _dpsgd as dpsgd
-from toolkit.training import _train as train_lib
 
 
 def _cfg(data_dir, **kw) -> RunConfig:
@@ -60,10 +61,21 @@ def test_ema_rejects_bad_decay():
             averaging.track_ema(bad)
 
 
+@pytest.fixture(scope="module")
+def ema_run(tiny_data_dir, tmp_path_factory):
+    """The EMA recipe on 300 examples, 2 epochs, every checkpoint kept: `(dir, result)`,
+    read by the tests (a resume copies it first). The EMA is an optax transformation
+    chained after the privatized update, the same for every model: a small one here."""
+    out = tmp_path_factory.mktemp("ema") / "run"
+    cfg = _cfg(tiny_data_dir, limit_train=300, ema_decay=0.9, keep_checkpoints=1, **TINY_MODEL)
+    return out, train_lib.train(cfg, out=out)
+
+
 @pytest.mark.slow
-def test_ema_never_feeds_into_the_privatized_update(tiny_data_dir, tmp_path):
-    plain = train_lib.train(_cfg(tiny_data_dir, limit_train=300), out=tmp_path / "plain")
-    ema = train_lib.train(_cfg(tiny_data_dir, limit_train=300, ema_decay=0.9), out=tmp_path / "ema")
+def test_ema_never_feeds_into_the_privatized_update(tiny_data_dir, ema_run, tmp_path):
+    cfg = _cfg(tiny_data_dir, limit_train=300, keep_checkpoints=1, **TINY_MODEL)  # no EMA
+    plain = train_lib.train(cfg, out=tmp_path / "plain")
+    ema = ema_run[1]
     a = jax.tree.leaves(nnx.state(plain.model, nnx.Param))
     b = jax.tree.leaves(nnx.state(ema.model, nnx.Param))
     for x, y in zip(a, b, strict=True):
@@ -77,7 +89,7 @@ def test_ema_never_feeds_into_the_privatized_update(tiny_data_dir, tmp_path):
 
 def test_validation_split_is_disjoint_and_the_accountant_counts_only_training(tiny_data_dir):
     full = train_lib.load_data(_cfg(tiny_data_dir))
-    cfg = _cfg(tiny_data_dir, validation=100)
+    cfg = _cfg(tiny_data_dir, validation=100, **TINY_MODEL)
     data = train_lib.load_data(cfg)
     val_x, val_y = data.validation
     n = len(full.train_labels)
@@ -96,7 +108,7 @@ def test_validation_split_is_disjoint_and_the_accountant_counts_only_training(ti
 
 @pytest.mark.slow
 def test_a_validation_run_reports_validation_not_test_accuracy(tiny_data_dir, tmp_path):
-    cfg = _cfg(tiny_data_dir, epochs=1, validation=100, limit_train=200)
+    cfg = _cfg(tiny_data_dir, epochs=1, validation=100, limit_train=200, **TINY_MODEL)
     result = train_lib.train(cfg, out=tmp_path / "r")
     last = result.history[-1]
     assert "val_accuracy" in last.metrics and "test_accuracy" not in last.metrics
@@ -246,38 +258,25 @@ def test_augmult_refuses_bookkeeping(tiny_data_dir):
 
 @pytest.mark.slow
 def test_a_run_with_augmult_trains_on_the_vmap_path(tiny_data_dir):
-    result = train_lib.train(_cfg(tiny_data_dir, epochs=1, augmult=2, limit_train=200))
+    # Any image model: augmult is per-example work before clipping, forced onto vmap (the
+    # paper CNN's per-example gradients under augmult: the tests above).
+    cfg = _cfg(tiny_data_dir, epochs=1, augmult=2, limit_train=200, **TINY_MODEL)
+    result = train_lib.train(cfg)
     assert result.history[-1].per_example_grads == "vmap"
     assert 0.0 <= result.history[-1].metrics["test_accuracy"] <= 1.0
 
 
-class _Stop(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_a_resumed_ema_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path, monkeypatch):
-    cfg = _cfg(tiny_data_dir, epochs=2, ema_decay=0.9, limit_train=300)
-    whole = train_lib.train(cfg, out=tmp_path / "whole")
-    real = rundir.epoch_writer
-
-    def stop_after_first(out, **kw):  # the run dies right after epoch 1's checkpoint
-        write = real(out, **kw)
-
-        def on_epoch_end(params, opt_state, history):
-            write(params, opt_state, history)
-            raise _Stop
-
-        return on_epoch_end
-
-    monkeypatch.setattr(rundir, "epoch_writer", stop_after_first)
-    with pytest.raises(_Stop):
-        train_lib.train(cfg, out=tmp_path / "cut")
-    monkeypatch.setattr(rundir, "epoch_writer", real)
-    resumed = train_lib.resume(tmp_path / "cut")
+def test_a_resumed_ema_run_matches_an_uninterrupted_one(ema_run, tmp_path):
+    whole_dir, whole = ema_run
+    cut = cut_after_epoch_1(whole_dir, tmp_path / "cut")  # killed during epoch 2
+    resumed = train_lib.resume(cut)
     # The EMA lives in the optimizer state, so the checkpoint carries it: same numbers.
     assert resumed.history[-1].metrics == whole.history[-1].metrics
     assert "ema_test_accuracy" in resumed.history[-1].metrics
+    with np.load(cut / rundir.CHECKPOINT) as a, np.load(whole_dir / rundir.CHECKPOINT) as b:
+        ema = [k for k in a.files if "ema" in k.lower()]
+        assert ema and all(np.array_equal(a[k], b[k]) for k in ema)
 
 
 # Weight standardisation (issue 12): a reparameterisation of the conv kernels.

@@ -95,6 +95,7 @@ def test_train_flag_writes_events_after_the_records(tiny_data_dir, tmp_path):
         "train", "--dataset", "fashion-mnist", "--data-dir", str(tiny_data_dir), "--epochs", "1",
         "--batch-size", "100", "--limit-train", "200", "--noise-multiplier", "1.0",
         "--max-physical-batch", "128", "--quiet", "--out", str(out), "--tensorboard", str(logdir),
+        "--model", "tests.zoo:tiny_mlp",  # any model: the events are the records' scalars
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     _assert_events_match(read_events(logdir), rundir.read_epochs(out))
