@@ -186,13 +186,14 @@ def setup(
     select: Callable[[np.ndarray], np.ndarray] | None = None,
     evaluate: bool = True,
 ) -> Setup:
-    """Resolve `cfg` on `data` (sigma from the target eps) and build everything to train.
+    """Build everything to train a resolved `cfg` (`toolkit.runs.resolve`) on `data`.
 
     `evaluate`: evaluate the held-out split after each epoch (the validation split when
     there is one, so tuning never sees test). `metrics`: more hooks, after those.
     """
     n = len(data.train_labels)
-    cfg = resolve_config(cfg, num_examples=n)
+    if cfg.noise_multiplier is None:  # a target eps not yet calibrated
+        raise ToolkitError("setup takes a resolved config (toolkit.runs.resolve).")
     init_key, noise_key = run_keys(cfg, objects)
     model = build_model(cfg, data, objects, init_key)
     loss_fn = loss_of(cfg, objects)
@@ -275,6 +276,7 @@ def train(
     sink = TensorBoardSink(tensorboard) if tensorboard is not None else None  # checks the extra
     data = load_data(cfg, objects)
     requested = cfg.to_dict()
+    cfg = resolve_config(cfg, num_examples=len(data.train_labels))  # sigma from the target eps
     s = setup(cfg, data, objects, out=out, metrics=metrics)
     if out is not None:
         privacy = privacy_params(s.config, num_examples=s.num_train)
