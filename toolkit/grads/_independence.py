@@ -32,6 +32,7 @@ way that happens to agree here, can pass them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -91,17 +92,7 @@ def rows_interact(
     rows = min(rows, len(x))
     x, y = jnp.asarray(x[: 2 * rows]), jnp.asarray(y[: 2 * rows])
     a, variants = _batches(len(x), rows)
-
-    @jax.jit
-    def probe(p, s, xb, yb):
-        # The state is a primal of the vjp, not a constant: NNX mutates its counters
-        # (dropout's RngCount) only at the trace level they were merged at.
-        def losses(p, s):
-            return loss_fn(nnx.merge(graphdef, p, *([] if s is None else [s]))(xb), yb)
-
-        out, back = jax.vjp(losses, p, s)
-        return out, back(jnp.zeros_like(out).at[0].set(1.0))[0]
-
+    probe = _probe_fn(graphdef, loss_fn)
     ref_loss, ref_grad = probe(params, state, x[a], y[a])
     ref_loss, ref_grad = np.asarray(ref_loss, np.float64), _flat(ref_grad)
     for v in variants:
@@ -115,6 +106,37 @@ def rows_interact(
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def _probe_fn(graphdef: nnx.GraphDef, loss_fn: Callable) -> Callable:
+    """Jitted `(params, state, x, y) -> (losses, d losses[0] / d params)`, one per model and
+    loss, so that runs of the same model (and shapes) compile the check once."""
+
+    @jax.jit
+    def probe(p, s, xb, yb):
+        # The state is a primal of the vjp, not a constant: NNX mutates its counters
+        # (dropout's RngCount) only at the trace level they were merged at.
+        def losses(p, s):
+            return loss_fn(nnx.merge(graphdef, p, *([] if s is None else [s]))(xb), yb)
+
+        out, back = jax.vjp(losses, p, s)
+        return out, back(jnp.zeros_like(out).at[0].set(1.0))[0]
+
+    return probe
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed_fn(raw: Any) -> Callable:
+    """Jitted `(params, state, x, y, keys, mask) -> (clipped sum, norms, losses)` of a
+    `ClippedGradFn`, one per function (its model, loss and path)."""
+
+    @jax.jit
+    def run(params, state, xb, yb, keys, mask):
+        out = raw(params, state, xb, yb, mask, keys)
+        return out.clipped_sum, out.norms, out.losses
+
+    return run
+
+
 def keyed_by_example(clip: Any, params: Any, state: Any, x, y, *, rows: int = 4) -> bool:
     """Whether `clip` (a `ClippedGradFn`) gives every example the same gradient everywhere."""
     rows = min(rows, len(x))
@@ -123,14 +145,12 @@ def keyed_by_example(clip: Any, params: Any, state: Any, x, y, *, rows: int = 4)
     stream = randomness.example_stream(jax.random.key(0))
     ids = jnp.asarray(randomness.example_ids(x, y))
     x, y = jnp.asarray(x), jnp.asarray(y)
-
-    @jax.jit
-    def run(params, state, idx, mask):
-        out = raw(params, state, x[idx], y[idx], mask, randomness.example_keys(stream, 0, ids[idx]))
-        return out.clipped_sum, out.norms, out.losses
+    run = _keyed_fn(raw)
 
     def call(idx, mask):
-        s, n, loss = run(params, state, jnp.asarray(idx, jnp.int32), jnp.asarray(mask))
+        idx = jnp.asarray(idx, jnp.int32)
+        keys = randomness.example_keys(stream, 0, ids[idx])
+        s, n, loss = run(params, state, x[idx], y[idx], keys, jnp.asarray(mask))
         return _flat(s), np.asarray(n, np.float64), np.asarray(loss, np.float64)
 
     a, variants = _batches(len(x), rows)
