@@ -347,6 +347,33 @@ def kept_checkpoints(out: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def read_checkpoint(
+    out: Path, *, cfg_hash: str | None, file: str = CHECKPOINT
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """`(meta, arrays)` of a checkpoint, every array read (so checksummed); a one-line
+    ToolkitError if it is unreadable or, unless `cfg_hash` is None, of another config.
+
+    Cheap next to building a model: `resume` calls it before anything else."""
+    path = out / file
+    bad = f"{path} is corrupt or incomplete; delete the run directory and start again"
+    try:
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ToolkitError(f"{out} has no {file}; nothing to restore.") from None
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ToolkitError(f"{bad} ({type(e).__name__}).") from None
+    if not isinstance(meta, dict):
+        raise ToolkitError(f"{bad} (meta is not a JSON object).")
+    if cfg_hash is not None and meta.get("config_hash") != cfg_hash:
+        raise ToolkitError(
+            f"{path} belongs to a different configuration (hash {meta.get('config_hash')} != "
+            f"{cfg_hash}); resume with the run directory that wrote it."
+        )
+    return meta, arrays
+
+
 def load_checkpoint(
     out: Path, *, params, opt_state, state=None, cfg_hash: str | None, file: str = CHECKPOINT
 ):
@@ -361,19 +388,7 @@ def load_checkpoint(
     """
     path = out / file
     bad = f"{path} is corrupt or incomplete; delete the run directory and start again"
-    try:
-        with np.load(path) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise ToolkitError(f"{out} has no {file}; nothing to restore.") from None
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ToolkitError(f"{bad} ({type(e).__name__}).") from None
-    if cfg_hash is not None and meta.get("config_hash") != cfg_hash:
-        raise ToolkitError(
-            f"{path} belongs to a different configuration (hash {meta.get('config_hash')} != "
-            f"{cfg_hash}); resume with the run directory that wrote it."
-        )
+    meta, arrays = read_checkpoint(out, cfg_hash=cfg_hash, file=file)
     fmt = meta.get("format", 1)
     meta["history"] = [
         record_from_json(EpochRecord, r, where=f"{path} history") for r in meta.get("history", [])

@@ -326,6 +326,8 @@ def resume(
             f"the library API); this toolkit resumes format {rundir.CHECKPOINT_FORMAT} only. "
             "toolkit.load_run still reads its model."
         )
+    if (out / rundir.CHECKPOINT).exists():  # a damaged checkpoint: said before any set-up
+        rundir.read_checkpoint(out, cfg_hash=record["config_hash"])
     objects = Objects(model, train_data, eval_data, loss_fn, optimizer)
     objects.check(cfg, where=where)
     data = load_data(cfg, objects)
