@@ -106,7 +106,21 @@ def rows_interact(
     return None
 
 
-@functools.lru_cache(maxsize=16)
+def _cached(build: Callable) -> Callable:
+    """`build(*key)`, cached per key; built afresh when the key cannot be hashed (a model
+    with a dict attribute, a loss that is a mutable callable object)."""
+    cached = functools.lru_cache(maxsize=16)(build)
+
+    def get(*key):
+        try:
+            return cached(*key)
+        except TypeError:  # unhashable: compile for this call only
+            return build(*key)
+
+    return get
+
+
+@_cached
 def _probe_fn(graphdef: nnx.GraphDef, loss_fn: Callable) -> Callable:
     """Jitted `(params, state, x, y) -> (losses, d losses[0] / d params)`, one per model and
     loss, so that runs of the same model (and shapes) compile the check once."""
@@ -124,7 +138,7 @@ def _probe_fn(graphdef: nnx.GraphDef, loss_fn: Callable) -> Callable:
     return probe
 
 
-@functools.lru_cache(maxsize=16)
+@_cached
 def _keyed_fn(raw: Any) -> Callable:
     """Jitted `(params, state, x, y, keys, mask) -> (clipped sum, norms, losses)` of a
     `ClippedGradFn`, one per function (its model, loss and path)."""

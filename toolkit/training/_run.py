@@ -228,6 +228,14 @@ def _held_out_hooks(cfg: RunConfig, data, model: nnx.Module, loss_fn) -> list[Me
     return hooks
 
 
+def _epoch_only(key: str, metrics: Mapping[str, Any]) -> bool:
+    """Metrics kept in epochs.jsonl only: per-class lists, Figure 5's activation norm, and
+    a held-out loss where its accuracy is reported (the summary keeps the accuracy)."""
+    if key in _EPOCH_ONLY:
+        return True
+    return key.endswith("_loss") and key.removesuffix("_loss") + "_accuracy" in metrics
+
+
 def summarize(history: Sequence[EpochRecord], cfg: RunConfig, *, num_train: int) -> RunSummary:
     """The run summary from the epoch records."""
     last = history[-1]
@@ -247,11 +255,7 @@ def summarize(history: Sequence[EpochRecord], cfg: RunConfig, *, num_train: int)
         privacy=privacy.label if privacy is not None else NON_PRIVATE_LABEL,
         train_time_s=sum(r.epoch_time_s + (r.compile_time_s or 0.0) for r in history),
         per_example_grads=last.per_example_grads,
-        metrics={
-            k: v
-            for k, v in last.metrics.items()
-            if k not in _EPOCH_ONLY and not k.endswith("_loss")
-        },
+        metrics={k: v for k, v in last.metrics.items() if not _epoch_only(k, last.metrics)},
         compile_time_s=sum(r.compile_time_s for r in compiled) if compiled else None,
     )
 

@@ -239,7 +239,14 @@ def build_model(cfg: RunConfig, data: Dataset, objects: Objects, init_key) -> nn
     )
     if not callable(factory):
         raise ToolkitError(f"model={cfg.model!r} is not callable; expected a model factory.")
-    model = factory(rngs=nnx.Rngs(seed))
+    try:
+        model = factory(rngs=nnx.Rngs(seed))
+    except Exception as e:  # the user's factory failed: one line naming it
+        first = (str(e).splitlines() or [""])[0]
+        raise ToolkitError(
+            f"model={cfg.model!r}: factory(rngs=nnx.Rngs(seed)) raised {type(e).__name__}: "
+            f"{first}"
+        ) from None
     if not isinstance(model, nnx.Module):
         raise ToolkitError(
             f"model={cfg.model!r} returned {type(model).__name__}; expected a flax.nnx.Module "
