@@ -244,8 +244,7 @@ def build_model(cfg: RunConfig, data: Dataset, objects: Objects, init_key) -> nn
     except Exception as e:  # the user's factory failed: one line naming it
         first = (str(e).splitlines() or [""])[0]
         raise ToolkitError(
-            f"model={cfg.model!r}: factory(rngs=nnx.Rngs(seed)) raised {type(e).__name__}: "
-            f"{first}"
+            f"model={cfg.model!r}: factory(rngs=nnx.Rngs(seed)) raised {type(e).__name__}: {first}"
         ) from None
     if not isinstance(model, nnx.Module):
         raise ToolkitError(
