@@ -20,6 +20,7 @@ from typing import Any
 from toolkit.base._errors import ToolkitError
 
 PYTHON = "python:"  # prefix of an object that was given in Python and cannot be imported
+ARRAYS = PYTHON + "arrays"  # the data set of a run given (inputs, labels) arrays in Python
 
 
 def is_import_spec(spec: str) -> bool:

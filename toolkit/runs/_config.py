@@ -58,7 +58,7 @@ class RunConfig:
     epochs: int = 1
     batch_size: int = 256  # expected logical batch: q = batch_size / N
     max_physical_batch: int = 512  # micro-batch cap; speed and memory only, not privacy
-    per_example: str = "auto"  # per-example gradient path (toolkit.training._dpsgd.IMPLEMENTATIONS)
+    per_example: str = "auto"  # per-example gradient path (toolkit.base.choices.IMPLEMENTATIONS)
     optimizer: str = "sgd"  # a name in OPTIMIZERS, or python:<name> (an optax object)
     lr: float | None = 0.1  # None only for an optimizer given as an optax object
     momentum: float = 0.0  # heavy-ball momentum for sgd; 0 = none
@@ -536,7 +536,7 @@ def _from_fit_record(d: Mapping[str, Any]) -> RunConfig:
     optimizer were objects given in Python, recorded by name only)."""
     augment = re.search(r"k=(\d+)", d.get("augment") or "")
     return RunConfig(
-        dataset=specs.PYTHON + "arrays", activation=None, epochs=d["epochs"],
+        dataset=specs.ARRAYS, activation=None, epochs=d["epochs"],
         batch_size=d["batch_size"], max_physical_batch=d["max_physical_batch"],
         per_example=d["per_example"], optimizer=specs.PYTHON + d["optimizer"], lr=None,
         clipping=d["clipping"], clip_norm=d["clip_norm"], gamma=d["gamma"],

@@ -110,8 +110,8 @@ class EpochRecord:
 class RunSummary:
     """The final record of a run (summary.json)."""
 
-    dataset: str | None  # None for a `toolkit.fit` run of the user's own data
-    activation: str | None  # the paper CNN's activation label; None for a user's model
+    dataset: str | None  # RunConfig.dataset ("python:arrays" for arrays; None: written before)
+    activation: str | None  # RunConfig.label: the activation, or your model's name
     epochs: int
     num_train: int
     private: bool

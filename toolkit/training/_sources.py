@@ -41,7 +41,7 @@ from toolkit.nn import build_paper_cnn
 from toolkit.runs import RunConfig
 from toolkit.training._dpsgd import make_optimizer
 
-ARRAYS = specs.PYTHON + "arrays"  # the `dataset` of arrays given in Python
+ARRAYS = specs.ARRAYS  # the `dataset` of arrays given in Python
 
 
 @dataclasses.dataclass(frozen=True)
