@@ -46,8 +46,14 @@ CASES = [
 SLOW = {"paper-cnn", "attention", "augmult"}
 
 
-def clipped_sum(name: str, x, y, *, per_example: str, clipping: str = "flat"):
-    """S of one fit step on (x, y), and the path the run took."""
+def clipped_sum(name: str, x, y, *, per_example: str, clipping: str = "flat", **kw):
+    """S of one fit step on (x, y), and the path the run took (`kw`: more fit settings)."""
+    s, result = _one_step(name, x, y, per_example=per_example, clipping=clipping, **kw)
+    return s, result.history[-1].per_example_grads
+
+
+def _one_step(name: str, x, y, *, per_example: str, clipping: str, noise_multiplier=0.0, **kw):
+    """(S + noise, the fit result) of one step with q = 1, plain SGD at lr 1."""
     make, _ = zoo.ZOO[name]
     model = make()
     before = [np.asarray(v, np.float64) for v in jax.tree.leaves(nnx.state(model, nnx.Param))]
@@ -55,14 +61,14 @@ def clipped_sum(name: str, x, y, *, per_example: str, clipping: str = "flat"):
         warnings.simplefilter("ignore")  # delta >= 1/N on 13 examples
         result = toolkit.fit(
             model, (x, y), optimizer=optax.sgd(1.0), batch_size=len(y), epochs=1,
-            clip_norm=C, clipping=clipping, noise_multiplier=0.0, seed=7,
+            clip_norm=C, clipping=clipping, noise_multiplier=noise_multiplier, seed=7,
             per_example=per_example, max_physical_batch=8,
-            augment=Augmult(2) if name == "augmult" else None,
+            augment=Augmult(2) if name == "augmult" else None, **kw,
         )  # fmt: skip
     after = jax.tree.leaves(nnx.state(result.model, nnx.Param))
     s = np.concatenate([((b - np.asarray(a, np.float64)) * len(y)).ravel()
                         for b, a in zip(before, after, strict=True)])  # fmt: skip
-    return s, result.history[-1].per_example_grads
+    return s, result
 
 
 def neighbour_gap(name: str, per_example: str, clipping: str = "flat") -> tuple[float, str]:
@@ -111,3 +117,43 @@ def test_mixing_only_in_big_batches_or_late_rows_is_refused(module, per_example)
         toolkit.fit(module(nnx.Rngs(0)), zoo.vectors(N), optimizer=optax.sgd(1.0),
                     batch_size=N, epochs=1, clip_norm=C, noise_multiplier=0.0, delta=1e-3,
                     per_example=per_example, max_physical_batch=8)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "per_example"),
+    [("mlp", "bookkeeping"), ("mlp", "vmap"), ("dropout", "bookkeeping"), ("layernorm", "vmap")],
+)
+def test_per_layer_clipping_moves_the_clipped_sum_by_at_most_c(name, per_example):
+    """Each layer's part clipped to C_l with sum C_l^2 = C^2: the removed example moves the
+    sum by at most C (both splits of C)."""
+    for split in ("equal", "size"):
+        x, y = zoo.ZOO[name][1](N)
+        kw = dict(per_example=per_example, clipping="per-layer", layer_split=split)
+        full, path = clipped_sum(name, x, y, **kw)
+        less, _ = clipped_sum(name, x[1:], y[1:], **kw)
+        gap = float(np.linalg.norm(full - less)) / C
+        assert path == per_example
+        assert 0.5 <= gap <= 1 + 1e-3, f"{name} {split} on {path}: {gap:.4f} C"
+
+
+@pytest.mark.parametrize(("name", "per_example"), [("mlp", "bookkeeping"), ("mlp", "vmap"),
+                                                   ("dropout", "vmap")])  # fmt: skip
+def test_quantile_clipping_moves_the_sum_by_at_most_c_and_the_count_by_a_half(name, per_example):
+    """The quantile rule's step releases the clipped sum at C_0 = C and the centred count,
+    both noisy. With the same seed on D and D minus example 0, the noise draws are the same
+    (keyed by the run's seed and the step; sigma_b is given, so sigma_g is the same too),
+    so the differences of the released values are the differences of the sums: ||dS|| <= C,
+    and the count, recovered from C_1 = C exp(-eta (b / B + 1/2 - gamma)), moves by exactly
+    1/2 (example 0's gradient norm is above C). Tolerance: C_1 is a float32 (~1e-7
+    relative), times B / eta = 65 gives ~1e-5 on the count."""
+    eta, target, sigma_b = 0.2, 0.5, 3.0
+    x, y = zoo.ZOO[name][1](N)
+    kw = dict(per_example=per_example, clipping="quantile", noise_multiplier=1.0,
+              count_noise=sigma_b, quantile_lr=eta, target_quantile=target)  # fmt: skip
+    (full, a), (less, b) = _one_step(name, x, y, **kw), _one_step(name, x[1:], y[1:], **kw)
+
+    def count(result, n):  # b + noise, from the recorded C_1
+        return (-np.log(result.history[-1].clip_norm / C) / eta - 0.5 + target) * n
+
+    assert 0.5 <= float(np.linalg.norm(full - less)) / C <= 1 + 1e-3
+    assert abs(count(a, N) - count(b, N - 1) + 0.5) < 1e-3, (count(a, N), count(b, N - 1))

@@ -6,7 +6,13 @@ importing the modules that run it; each implementing module imports its tuple fr
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "rdp-classic", "pld")  # toolkit.privacy.accounting
 SAMPLINGS: tuple[str, ...] = ("poisson", "shuffle")  # toolkit.privacy._sampling
-CLIPPING_RULES: tuple[str, ...] = ("flat", "automatic")  # toolkit.grads.clipping
+CLIPPING_RULES: tuple[str, ...] = (  # toolkit.grads.clipping
+    "flat",
+    "automatic",
+    "quantile",
+    "per-layer",
+)
+LAYER_SPLITS: tuple[str, ...] = ("equal", "size")  # per-layer clipping's C_l
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "bookkeeping", "vmap")  # toolkit.grads._per_example
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")  # toolkit.training._dpsgd
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")  # toolkit.training._dpsgd

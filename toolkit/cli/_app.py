@@ -40,7 +40,8 @@ _RESUME_KEEPS = ("resume", "quiet", "tensorboard")
 def train(
     dataset=RUN, data=RUN, model=RUN, loss=RUN, activation=RUN, scale=RUN, inverse_temp=RUN,
     offset=RUN, epochs=RUN, batch_size=RUN, max_physical_batch=RUN, per_example=RUN,
-    optimizer=RUN, lr=RUN, momentum=RUN, clip_norm=RUN, clipping=RUN, noise_multiplier=RUN,
+    optimizer=RUN, lr=RUN, momentum=RUN, clip_norm=RUN, clipping=RUN, layer_split=RUN,
+    target_quantile=RUN, quantile_lr=RUN, count_noise=RUN, noise_multiplier=RUN,
     target_epsilon=RUN, delta=RUN, accountant=RUN, sampling=RUN, seed=RUN, limit_train=RUN,
     data_dir=RUN, validation=RUN, ema_decay=RUN, lr_schedule=RUN, warmup_epochs=RUN,
     augmult=RUN, weight_standardization=RUN, keep_checkpoints=RUN, no_privacy=RUN,

@@ -68,7 +68,19 @@ OPTIONS: dict[str, Option] = {
     "lr": Option(float, "Learning rate."),
     "momentum": Option(float, "Heavy-ball momentum for sgd."),
     "clip_norm": Option(float, "Per-example clipping norm C."),
-    "clipping": Option(str, "flat (min(1, C/||g||)) or automatic (Bu et al.)."),
+    "clipping": Option(
+        str,
+        "flat (min(1, C/||g||)), automatic (Bu et al.), quantile (C follows a quantile of "
+        "the norms; Andrew et al.) or per-layer (C_l per layer, sum C_l^2 = C^2).",
+    ),
+    "layer_split": Option(
+        str, "per-layer clipping's C_l: equal (C/sqrt(L)) or size (C sqrt(d_l/d))."
+    ),
+    "target_quantile": Option(float, "quantile clipping: share of examples left unclipped."),
+    "quantile_lr": Option(float, "quantile clipping: rate of C's geometric update."),
+    "count_noise": Option(
+        float, "quantile clipping: the count's noise std (unset: B/20); sigma stays the total."
+    ),
     "noise_multiplier": Option(float, "sigma; noise std is sigma*C on the sum."),
     "target_epsilon": Option(float, "Calibrate sigma to this eps instead."),
     "delta": Option(float),

@@ -353,6 +353,7 @@ def make_clipped_grad(
     *,
     loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     norm_rule: str = "mixed",
+    per_layer: bool = False,
 ) -> Callable:
     """`clipped_grad(params, x, y, weights_fn, state=None, keys=None) -> (sum, norms, losses)`.
 
@@ -367,7 +368,10 @@ def make_clipped_grad(
 
     `weights_fn(norms) -> weights` maps the (B,) per-example gradient norms to the
     weights of the sum (clip factor times mask; rows with weight 0 contribute exact
-    zeros, even when their gradient is not finite). `norm_rule` chooses per layer:
+    zeros, even when their gradient is not finite). With `per_layer`, `weights_fn` maps
+    {layer: (B,) norms of the examples' gradients in that layer} to {layer: (B,) weights}
+    (a layer's kernel and bias together; `toolkit.grads.clipping.layer_of` names it), and
+    `norms` are still the whole gradients' norms. `norm_rule` chooses per layer:
     "mixed" (Bu et al.'s rule above), "ghost" or "materialise" for every layer.
     Raises `Unsupported` at trace time for models outside the scope above.
     """
@@ -480,38 +484,46 @@ def make_clipped_grad(
         # Norms and sums in full float32 precision on every backend (no TF32 on GPU): the
         # clip bound holds only if each norm matches the gradient it scales to rounding.
         with jax.default_matmul_precision("highest"):
-            sq = jnp.zeros(b, jnp.float32)
+            sq = {}  # layer name -> (B,) squared norm of its kernel and bias gradients
             layers = []
             for (call, (a, kernel)), d in zip(operands, grads_out, strict=True):
+                name = "/".join(map(str, call.path))
                 bias = jnp.sum(d.reshape(b, -1, d.shape[-1]), axis=1) if call.use_bias else None
                 if _use_ghost(norm_rule, *_geometry(d, kernel.shape)):
-                    sq += _ghost_sq_norms(call, a, d, kernel.shape)
+                    sq_layer = _ghost_sq_norms(call, a, d, kernel.shape)
                     per_example = None
                 else:
                     per_example = _per_example_grads(call, a, d, kernel.shape)
-                    sq += jnp.sum(jnp.square(per_example.reshape(b, -1)), axis=1)
+                    sq_layer = jnp.sum(jnp.square(per_example.reshape(b, -1)), axis=1)
                 if bias is not None:
-                    sq += jnp.sum(jnp.square(bias), axis=1)
-                layers.append((call, a, kernel, d, per_example, bias))
+                    sq_layer += jnp.sum(jnp.square(bias), axis=1)
+                sq[name] = sq_layer
+                layers.append((name, call, a, kernel, d, per_example, bias))
 
-            norms = jnp.sqrt(sq)
-            weights = weights_fn(norms)
-            keep = weights != 0
+            norms = jnp.sqrt(sum(sq.values(), jnp.zeros(b, jnp.float32)))
+            if per_layer:
+                weights = weights_fn({name: jnp.sqrt(v) for name, v in sq.items()})
+            else:
+                weights = dict.fromkeys(sq, weights_fn(norms))
 
-            def rows(v, w=None):  # zero dropped rows before any product: 0 * inf = NaN
-                v = jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0.0)
-                return v if w is None else v * w.reshape((-1,) + (1,) * (v.ndim - 1))
+            def rows(v, w):  # zero dropped rows before any product: 0 * inf = NaN
+                v = jnp.where((w != 0).reshape((-1,) + (1,) * (v.ndim - 1)), v, 0.0)
+                return v
+
+            def scaled(v, w):
+                return rows(v, w) * w.reshape((-1,) + (1,) * (v.ndim - 1))
 
             sums = {}
-            for call, a, kernel, d, per_example, bias in layers:
+            for name, call, a, kernel, d, per_example, bias in layers:
+                w = weights[name]
                 if per_example is not None:
-                    g = jnp.tensordot(weights, rows(per_example), axes=1)
+                    g = jnp.tensordot(w, rows(per_example, w), axes=1)
                 else:
-                    _, vjp = jax.vjp(lambda kk: call.contract(rows(a), kk), kernel)  # noqa: B023
-                    (g,) = vjp(rows(d, weights))
+                    _, vjp = jax.vjp(lambda kk: call.contract(rows(a, w), kk), kernel)  # noqa: B023
+                    (g,) = vjp(scaled(d, w))
                 sums[(*call.path, "kernel")] = g
                 if bias is not None:
-                    sums[(*call.path, "bias")] = jnp.tensordot(weights, rows(bias), axes=1)
+                    sums[(*call.path, "bias")] = jnp.tensordot(w, rows(bias, w), axes=1)
 
         def leaf(kp, p):
             return sums[_path_of(kp)].astype(p.dtype)

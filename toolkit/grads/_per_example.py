@@ -179,19 +179,35 @@ class ClippedGradFn:
     implementation: str
     norm_rule: str = "mixed"
     augment: Augmult | None = None  # K views per example, averaged before clipping (vmap)
+    layer_split: str = "equal"  # per-layer clipping's C_l (toolkit.grads.clipping)
 
     @property
     def sensitivity(self) -> float:
         """L2 sensitivity of the clipped sum (add/remove one example): C flat, 1 automatic."""
         return clip_lib.sensitivity(clipping=self.clipping, clip_norm=self.clip_norm)
 
-    def weights(self, norms: jax.Array, mask: jax.Array | None) -> jax.Array:
+    @property
+    def per_layer(self) -> bool:
+        return self.clipping == "per-layer"
+
+    def weights(self, norms, mask: jax.Array | None, *, params=None, clip_norm=None):
+        """Clip factors times the mask: (B,) from the (B,) norms, or {layer: (B,)} from
+        {layer: (B,)} norms under per-layer clipping (its C_l from `params`' shapes).
+        `clip_norm` (a traced scalar) replaces C: the quantile rule's C_t."""
+        c = self.clip_norm if clip_norm is None else clip_norm
+        if self.per_layer:
+            factors = clip_lib.layer_weights(
+                norms, clip_lib.layer_clip_norms(params, clip_norm=c, split=self.layer_split)
+            )
+            return {k: v if mask is None else jnp.where(mask, v, 0.0) for k, v in factors.items()}
         factors = clip_lib.clip_factors(
-            norms, clipping=self.clipping, clip_norm=self.clip_norm, gamma=self.gamma
+            norms, clipping=self.clipping, clip_norm=c, gamma=self.gamma
         )
         return factors if mask is None else jnp.where(mask, factors, 0.0)
 
-    def __call__(self, params, state, x, y, mask=None, keys=None) -> ClippedGrad:
+    def __call__(self, params, state, x, y, mask=None, keys=None, clip_norm=None) -> ClippedGrad:
+        """`clip_norm` (a scalar, may be traced) clips at it instead of `self.clip_norm`:
+        the quantile rule's clip norm of the step."""
         random_state = randomness.has_keys(state)
         if keys is None and (random_state or self.augment is not None):
             raise ToolkitError(
@@ -201,12 +217,13 @@ class ClippedGradFn:
             )
 
         def weights_fn(norms):
-            return self.weights(norms, mask)
+            return self.weights(norms, mask, params=params, clip_norm=clip_norm)
 
         if self.implementation != "vmap" and self.augment is None:
             fast = bookkeeping.make_clipped_grad(
-                self.graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule
-            )
+                self.graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule,
+                per_layer=self.per_layer,
+            )  # fmt: skip
             try:  # decided once, while tracing
                 out = fast(params, x, y, weights_fn, state, keys if random_state else None)
                 return _checked_shapes(ClippedGrad(*out), x)
@@ -216,7 +233,8 @@ class ClippedGradFn:
         grads_fn = per_example_grads_fn(self.graphdef, self.loss_fn, self.augment)
         losses, grads = grads_fn(params, x, y, state, keys)
         norms = clip_lib.per_example_norms(grads)
-        out = ClippedGrad(clip_lib.clipped_sum(grads, weights_fn(norms)), norms, losses)
+        weights = weights_fn(clip_lib.per_layer_norms(grads) if self.per_layer else norms)
+        out = ClippedGrad(clip_lib.clipped_sum(grads, weights), norms, losses)
         return _checked_shapes(out, x)
 
     def checked(self, params, state, x: jax.Array, y: jax.Array, *, rows: int = 8) -> ClippedGradFn:
@@ -323,6 +341,7 @@ def clipped_grad(
     implementation: str = "auto",
     norm_rule: str = "mixed",
     augment: Augmult | None = None,
+    layer_split: str = "equal",
 ) -> ClippedGradFn:
     """The per-example clipped-gradient function of a split model and a per-example loss.
 
@@ -330,7 +349,9 @@ def clipped_grad(
         graphdef: From `split_model(model)`.
         loss_fn: `loss_fn(outputs, labels) -> (B,)` per-example losses; default softmax
             cross-entropy with integer labels.
-        clipping: "flat" (g min(1, C/||g||)) or "automatic" (g / (||g|| + gamma)).
+        clipping: "flat" (g min(1, C/||g||)), "automatic" (g / (||g|| + gamma)),
+            "quantile" (flat at the clip norm passed to each call, default C) or
+            "per-layer" (each layer at its C_l, sum_l C_l^2 = C^2); `toolkit.grads.clipping`.
         clip_norm: C, > 0 (inf: no clipping, no DP bound).
         gamma: Automatic clipping's stabiliser.
         implementation: "auto", "bookkeeping" or "vmap" (speed only, see module doc).
@@ -338,6 +359,8 @@ def clipped_grad(
         augment: Augmentation multiplicity (`toolkit.grads._augment.Augmult`): each example's
             gradient is the mean over its K views, then clipped; sensitivity unchanged.
             Runs on the vmap path ("auto" takes it; "bookkeeping" is refused).
+        layer_split: Per-layer clipping's C_l: "equal" (C / sqrt(L)) or "size"
+            (C sqrt(d_l / d)).
 
     Returns:
         A `ClippedGradFn`; call `.checked(params, state, x, y)` once on real examples.
@@ -359,9 +382,14 @@ def clipped_grad(
             "per_example='bookkeeping' cannot run augmentation multiplicity (an example's "
             "gradient spans K views); use per_example='auto' or 'vmap'."
         )
+    if layer_split not in clip_lib.LAYER_SPLITS:
+        raise ToolkitError(
+            f"layer_split={layer_split!r} is unknown; "
+            f"expected one of {', '.join(clip_lib.LAYER_SPLITS)}."
+        )
     return ClippedGradFn(
         graphdef, loss_fn or softmax_cross_entropy, clipping, clip_norm, gamma, implementation,
-        norm_rule, augment,
+        norm_rule, augment, layer_split,
     )  # fmt: skip
 
 

@@ -4,6 +4,15 @@ from toolkit.privacy import accounting, randomness
 from toolkit.privacy._calibration import NOISE_MULTIPLIER_SEARCH_RANGE, calibrate_noise_multiplier
 from toolkit.privacy._params import NON_PRIVATE_LABEL, PrivacyParams
 from toolkit.privacy._privatizer import PrivatizerState, add_gaussian_noise, gaussian_privatizer
+from toolkit.privacy._quantile import (
+    ClippedStep,
+    QuantileState,
+    centred_count,
+    clip_norm_of,
+    default_count_noise,
+    gradient_noise,
+    quantile_privatizer,
+)
 from toolkit.privacy._sampling import (
     SAMPLINGS,
     PoissonSampler,
@@ -15,6 +24,13 @@ from toolkit.privacy._sampling import (
 )
 
 __all__ = [
+    "ClippedStep",
+    "QuantileState",
+    "centred_count",
+    "clip_norm_of",
+    "default_count_noise",
+    "gradient_noise",
+    "quantile_privatizer",
     "NOISE_MULTIPLIER_SEARCH_RANGE",
     "NON_PRIVATE_LABEL",
     "PoissonSampler",

@@ -27,6 +27,7 @@ from toolkit.base import ToolkitError, specs
 from toolkit.base.choices import (
     CLIPPING_RULES,
     IMPLEMENTATIONS,
+    LAYER_SPLITS,
     LOSSES,
     LR_SCHEDULES,
     MODELS,
@@ -39,7 +40,13 @@ from toolkit.privacy import accounting, calibrate_noise_multiplier, steps_per_ep
 
 # Settings that only a private run uses: `--no-privacy` (private = false) with any is an error.
 PRIVACY_ONLY = ("noise_multiplier", "target_epsilon", "clip_norm", "clipping", "delta",
-                "accountant", "gamma")  # fmt: skip
+                "accountant", "gamma", "layer_split", "target_quantile", "quantile_lr",
+                "count_noise")  # fmt: skip
+# The settings of one clipping rule, at their defaults under any other rule.
+RULE_SETTINGS = {
+    "per-layer": {"layer_split": "equal"},
+    "quantile": {"target_quantile": 0.5, "quantile_lr": 0.2, "count_noise": None},
+}
 # Upper bounds that keep a run finite (eps is computed for every epoch before training).
 MAX_EPOCHS = 10_000
 MAX_BATCH = 10_000_000
@@ -87,6 +94,15 @@ class RunConfig:
     model: str = "paper-cnn"  # a name in MODELS, package.module:factory, or python:<class>
     loss: str = "softmax_cross_entropy"  # a name in LOSSES, package.module:fn, or python:
     classification: bool = True  # evaluate accuracy (by argmax, or by sign for one logit)
+    # Per-layer clipping (toolkit.grads.clipping): C_l = C / sqrt(L) ("equal") or
+    # C sqrt(d_l / d) ("size").
+    layer_split: str = "equal"
+    # Quantile clipping (toolkit.privacy._quantile): clip_norm is C_0, C_t follows the
+    # target_quantile of the norms at rate quantile_lr through a count with noise std
+    # count_noise (None: B / 20); noise_multiplier is the step's accounted sigma.
+    target_quantile: float = 0.5
+    quantile_lr: float = 0.2
+    count_noise: float | None = None
 
     # Left out of the config hash at these values, so that runs recorded before these
     # fields existed keep their hash (and resume).
@@ -94,6 +110,7 @@ class RunConfig:
         "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
         "augmult": 0, "weight_standardization": False, "keep_checkpoints": 0,
         "model": "paper-cnn", "loss": "softmax_cross_entropy", "classification": True,
+        **RULE_SETTINGS["per-layer"], **RULE_SETTINGS["quantile"],
     }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +302,45 @@ def _check_optimizer(cfg: RunConfig) -> None:
     )
 
 
+def _check_rule_settings(cfg: RunConfig) -> None:
+    """A clipping rule's own settings are valid, and set only with that rule."""
+    for rule, defaults in RULE_SETTINGS.items():
+        if cfg.clipping == rule:
+            continue
+        changed = [k for k, v in defaults.items() if getattr(cfg, k) != v]
+        _require(
+            not changed,
+            f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in changed)} set(s) the {rule} "
+            f"clipping rule; clipping={cfg.clipping!r} does not use it (use clipping='{rule}').",
+        )
+    _require(
+        cfg.layer_split in LAYER_SPLITS,
+        f"layer_split={cfg.layer_split!r} is unknown; expected one of {', '.join(LAYER_SPLITS)}.",
+    )
+    _require(
+        0 < cfg.target_quantile < 1,
+        f"target_quantile={cfg.target_quantile} must be in (0, 1).",
+    )
+    _require(
+        math.isfinite(cfg.quantile_lr) and cfg.quantile_lr > 0,
+        f"quantile_lr={cfg.quantile_lr} must be finite and > 0.",
+    )
+    _require(
+        cfg.count_noise is None or (math.isfinite(cfg.count_noise) and cfg.count_noise > 0),
+        f"count_noise={cfg.count_noise} must be finite and > 0 (unset: batch_size / 20).",
+    )
+    if cfg.clipping == "quantile":
+        _require(cfg.private, "clipping='quantile' is a DP rule; a non-private run has none.")
+        if cfg.noise_multiplier is not None:
+            count = cfg.count_noise if cfg.count_noise is not None else cfg.batch_size / 20
+            _require(
+                0 < cfg.noise_multiplier < 2 * count,
+                f"count_noise={count:g} must be > noise_multiplier / 2 = "
+                f"{cfg.noise_multiplier / 2:g} and noise_multiplier > 0 under "
+                "clipping='quantile' (the step's sigma is split between gradient and count).",
+            )
+
+
 def validate(cfg: RunConfig, *, num_examples: int | None = None) -> None:
     """Raise ToolkitError for the first invalid setting; warn on delta >= 1/N."""
     check_types(cfg)
@@ -313,6 +369,7 @@ def validate(cfg: RunConfig, *, num_examples: int | None = None) -> None:
     _require(
         math.isfinite(cfg.gamma) and cfg.gamma > 0, f"gamma={cfg.gamma} must be finite and > 0."
     )
+    _check_rule_settings(cfg)
     _require(
         cfg.sampling in SAMPLINGS,
         f"sampling={cfg.sampling!r} is unknown; expected one of {', '.join(SAMPLINGS)}.",

@@ -99,6 +99,9 @@ class EpochRecord:
     # others, and in records written before it was measured; `toolkit.training._loop.compile_time`).
     # The first evaluation's compilation stays in that epoch's epoch_time_s.
     compile_time_s: float | None = None
+    # The quantile rule's clip norm C_t after this epoch: a function of the noisy counts,
+    # covered by eps (toolkit.privacy._quantile). None under the other rules.
+    clip_norm: float | None = None
     not_covered_by_dp: str = EPOCH_NOT_COVERED  # the label written with the record
 
     @property

@@ -4,8 +4,8 @@ One logical step, for a sampled batch S and expected batch size B = q N:
 
     g_i   = grad_theta loss(model_theta(x_i), y_i)           (per example; toolkit.grads)
     s     = sum_{i in S} clip(g_i)                           (toolkit.grads.clipping)
-    g_hat = (s + N(0, (sigma * Delta)^2 I)) / B              (toolkit.privacy; Delta = C flat,
-                                                              1 automatic)
+    g_hat = (s + N(0, (sigma * Delta)^2 I)) / B              (toolkit.privacy; Delta = C flat
+                                                              and per-layer, 1 automatic)
     theta <- optimizer(theta, g_hat)                         (any optax transformation)
 
 Noise goes on the clipped *sum*; only then is anything rescaled. The division
@@ -13,8 +13,10 @@ is by the expected batch size, not the realised one, which would leak the
 batch size. Large logical batches are split into fixed-shape physical
 micro-batches whose clipped sums are accumulated by a Python loop over the
 jitted `accumulate` function (convolutions inside `lax.scan` bodies are ~20x
-slower on XLA:CPU). `Mechanism` holds the privatisation settings and builds the
-pieces; `toolkit.training._loop` runs them.
+slower on XLA:CPU). Under the quantile rule the step clips at C_t, held in the
+privatizer's state, which also takes the noisy count that moves it
+(`toolkit.privacy._quantile`). `Mechanism` holds the privatisation settings and builds
+the pieces; `toolkit.training._loop` runs them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from flax import nnx
 from toolkit.base.choices import LR_SCHEDULES
 from toolkit.grads import IMPLEMENTATIONS, Augmult, ClippedGradFn, LossFn, clipped_grad
 from toolkit.grads import clipping as clip_lib
-from toolkit.privacy import gaussian_privatizer, randomness
+from toolkit.privacy import (
+    default_count_noise,
+    gaussian_privatizer,
+    quantile_privatizer,
+    randomness,
+)
 
 __all__ = ["IMPLEMENTATIONS", "Mechanism", "make_accumulate", "make_update", "make_optimizer"]
 
@@ -48,16 +55,21 @@ class Mechanism:
     clip_norm: float = 1.0
     gamma: float = 0.01  # automatic clipping's stabiliser, g / (||g|| + gamma)
     noise_multiplier: float = 0.0
+    layer_split: str = "equal"  # per-layer clipping's C_l
+    # The quantile rule (clip_norm is C_0): gamma_q, eta, sigma_b (None: B / 20).
+    target_quantile: float = 0.5
+    quantile_lr: float = 0.2
+    count_noise: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> Mechanism:
-        """From anything with `clipping`, `clip_norm`, `gamma` and `noise_multiplier`."""
-        return cls(
-            clipping=cfg.clipping,
-            clip_norm=cfg.clip_norm,
-            gamma=cfg.gamma,
-            noise_multiplier=cfg.noise_multiplier,
-        )
+        """From anything with the fields of this class (a `RunConfig`)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def adaptive(self) -> bool:
+        """The clip norm moves (quantile rule): the privatizer takes a `ClippedStep`."""
+        return self.clipping == "quantile"
 
     def clipped_grad(
         self,
@@ -72,13 +84,30 @@ class Mechanism:
         return clipped_grad(
             graphdef, loss_fn=loss_fn, clipping=self.clipping, clip_norm=self.clip_norm,
             gamma=self.gamma, implementation=implementation, norm_rule=norm_rule,
-            augment=augment,
+            augment=augment, layer_split=self.layer_split,
         )  # fmt: skip
 
     def privatized(
         self, optimizer: optax.GradientTransformation, *, expected_batch_size: float, key
     ) -> optax.GradientTransformation:
-        """`optax.chain(gaussian_privatizer(...), optimizer)`: noise on the sum, / B, step."""
+        """`optax.chain(privatizer, optimizer)`: noise on the sum, / B, step.
+
+        The quantile rule's privatizer also updates C_t from the noisy count; its sigma is
+        the accounted one, split between gradient and count (`toolkit.privacy._quantile`).
+        """
+        if self.adaptive:
+            noise = quantile_privatizer(
+                noise_multiplier=self.noise_multiplier,
+                count_noise=(
+                    self.count_noise
+                    if self.count_noise is not None
+                    else default_count_noise(expected_batch_size)
+                ),
+                target_quantile=self.target_quantile, learning_rate=self.quantile_lr,
+                initial_clip_norm=self.clip_norm, expected_batch_size=expected_batch_size,
+                key=key,
+            )  # fmt: skip
+            return optax.chain(noise, optimizer)
         noise = gaussian_privatizer(
             noise_multiplier=self.noise_multiplier,
             sensitivity=clip_lib.sensitivity(clipping=self.clipping, clip_norm=self.clip_norm),
@@ -98,7 +127,7 @@ def make_accumulate(
     augment: Augmult | None = None,
 ) -> Callable:
     """Jitted `accumulate(params, acc, images, labels, idx, mask, state=None, stream=None,
-    step=None, ids=None)`.
+    step=None, ids=None, clip_norm=None)`.
 
     Returns `(acc, norms, losses)`. Gathers the micro-batch `images[idx]` on device,
     clips its per-example gradients (`toolkit.grads._per_example`; `implementation` as there)
@@ -107,7 +136,8 @@ def make_accumulate(
     example's gradient was dropped, see `toolkit.grads.clipping`). `state` is the model's
     non-Param state; `stream` (`toolkit.privacy.randomness.example_stream`), `step` and `ids` (every
     training example's identity, `toolkit.privacy.randomness.example_ids`) give each example its
-    own key (needed by models that draw randomness).
+    own key (needed by models that draw randomness). `clip_norm` (a scalar array) clips at
+    it instead of the mechanism's C: the quantile rule's C_t.
 
     Inputs sharded over the batch axis (`jax.sharding`) shard the per-example
     work; the sum comes back replicated.
@@ -124,9 +154,11 @@ def make_accumulate_fn(clip: ClippedGradFn) -> Callable:
 
     @jax.jit
     def accumulate(params, acc, images, labels, idx, mask, state=None, stream=None, step=None,
-                   ids=None):  # fmt: skip
+                   ids=None, clip_norm=None):  # fmt: skip
         keys = None if stream is None else randomness.example_keys(stream, step, ids[idx])
-        summed, norms, losses = clip(params, state, images[idx], labels[idx], mask, keys)
+        summed, norms, losses = clip(
+            params, state, images[idx], labels[idx], mask, keys, clip_norm=clip_norm
+        )
         return jax.tree.map(jnp.add, acc, summed), norms, losses
 
     return accumulate
@@ -135,7 +167,8 @@ def make_accumulate_fn(clip: ClippedGradFn) -> Callable:
 def make_update(optimizer: optax.GradientTransformation) -> Callable:
     """Jitted `update(params, opt_state, clipped_sum) -> (params, opt_state)`.
 
-    `optimizer` must privatize (`Mechanism.privatized`): its input is the clipped sum.
+    `optimizer` must privatize (`Mechanism.privatized`): its input is the clipped sum (a
+    `toolkit.privacy.ClippedStep` under the quantile rule).
     """
 
     @jax.jit

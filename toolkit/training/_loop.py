@@ -28,7 +28,14 @@ from flax import nnx
 
 from toolkit import grads as cg
 from toolkit.base import ToolkitError
-from toolkit.privacy import NON_PRIVATE_LABEL, PrivacyParams, pad_chunks
+from toolkit.privacy import (
+    NON_PRIVATE_LABEL,
+    ClippedStep,
+    PrivacyParams,
+    centred_count,
+    clip_norm_of,
+    pad_chunks,
+)
 from toolkit.runs import EpochRecord, GradNormStats
 from toolkit.training import _averaging as averaging
 from toolkit.training._parallel import DataParallel
@@ -101,7 +108,8 @@ class Loop:
         return self.privacy.epsilon_by_epoch(self.epochs)
 
     def step(self, params, opt_state, step: int, zeros=None):
-        """One logical DP-SGD step: `(params, opt_state, norms, masks, losses, batch_size)`.
+        """One logical DP-SGD step: `(params, opt_state, norms, masks, losses, batch_size,
+        clip_norm)`, `clip_norm` the step's C_t under the quantile rule (else None).
 
         `zeros` (params-shaped zeros, placed like params) starts the accumulation.
         """
@@ -109,18 +117,23 @@ class Loop:
         if self.select is not None:
             idx = self.select(idx)
         acc = jax.tree.map(jnp.zeros_like, params) if zeros is None else zeros
+        clip_norm = clip_norm_of(opt_state)  # C_t of the quantile rule, else None
+        unclipped = jnp.zeros((), jnp.float32)
         norms, masks, losses = [], [], []
         for chunk_idx, chunk_mask in pad_chunks(idx, self.physical):
             batch = self.devices.shard_batch((chunk_idx, chunk_mask))
             acc, n, loss = self.accumulate(
                 params, acc, self.train_x, self.train_y, *batch, self.state,
-                self.example_stream, np.uint32(step), self.example_ids,
+                self.example_stream, np.uint32(step), self.example_ids, clip_norm=clip_norm,
             )  # fmt: skip
+            if clip_norm is not None:
+                unclipped = unclipped + _centred_count(n, batch[1], clip_norm)
             norms.append(n)
             masks.append(chunk_mask)
             losses.append(loss)
-        params, opt_state = self.update(params, opt_state, acc)
-        return params, opt_state, norms, masks, losses, len(idx)
+        summed = acc if clip_norm is None else ClippedStep(acc, unclipped)
+        params, opt_state = self.update(params, opt_state, summed)
+        return params, opt_state, norms, masks, losses, len(idx), clip_norm
 
     def run(
         self,
@@ -148,10 +161,12 @@ class Loop:
                 # step and on any later one that meets new input types: its steps are timed
                 # one by one (synchronised) to take the compilation out of the epoch time.
                 step_times: list[float] | None = [] if epoch == start_epoch else None
-                norms, masks, losses, sizes = [], [], [], []
+                norms, masks, losses, sizes, clip_norms = [], [], [], [], []
                 for step in range(epoch * spe, (epoch + 1) * spe):
                     ts = time.perf_counter()
-                    params, opt_state, n, m, loss, size = self.step(params, opt_state, step, zeros)
+                    params, opt_state, n, m, loss, size, c = self.step(
+                        params, opt_state, step, zeros
+                    )
                     if step_times is not None:
                         jax.block_until_ready(params)
                         step_times.append(time.perf_counter() - ts)
@@ -159,10 +174,14 @@ class Loop:
                     masks += m
                     losses += loss
                     sizes.append(size)
+                    clip_norms += [self.clip.clip_norm if c is None else c] * len(m)
                     if progress is not None:
                         progress.step(f"epoch {epoch + 1}/{self.epochs}")
                 sampled = np.concatenate(masks)
                 all_norms = np.concatenate([np.asarray(v) for v in norms])[sampled]
+                # Each example against the C its step clipped at (the quantile rule moves it).
+                row_clip = np.repeat(np.asarray(clip_norms, np.float64), [len(m) for m in masks])
+                clip_now = clip_norm_of(opt_state)
                 all_losses = np.concatenate([np.asarray(v) for v in losses])[sampled]
                 # Single examples with a non-finite loss or gradient are dropped by the
                 # clipping rule and left out of the mean loss; the run has diverged only
@@ -195,12 +214,13 @@ class Loop:
                     accountant=self.accountant,
                     sampling=self.sampling,
                     privacy=label,
-                    grad_norm=grad_norm_stats(all_norms, self.clip.clip_norm),
+                    grad_norm=grad_norm_stats(all_norms, row_clip[sampled]),
                     per_example_grads=self.clip.implementation,
                     batch_size_mean=float(np.mean(sizes)),
                     epoch_time_s=elapsed - (compile_s or 0.0),
                     metrics=metrics,
                     compile_time_s=compile_s,
+                    clip_norm=None if clip_now is None else float(clip_now),
                 )
                 history.append(record)
                 if progress is not None:
@@ -213,6 +233,9 @@ class Loop:
         return params, opt_state, history
 
 
+_centred_count = jax.jit(centred_count)
+
+
 def compile_time(step_times: Sequence[float]) -> float:
     """Seconds of compilation in an epoch's step times: the excess over the median step of
     each step that took more than twice the median (a step that compiled; with one step,
@@ -223,9 +246,14 @@ def compile_time(step_times: Sequence[float]) -> float:
     return float(sum(t - median for t in step_times if t > 2 * median))
 
 
-def grad_norm_stats(norms: np.ndarray, clip_norm: float) -> GradNormStats:
-    """Pre-clip norm statistics over the finite norms; non-finite gradients were dropped."""
-    finite = norms[np.isfinite(norms)]
+def grad_norm_stats(norms: np.ndarray, clip_norm: float | np.ndarray) -> GradNormStats:
+    """Pre-clip norm statistics over the finite norms; non-finite gradients were dropped.
+
+    `clip_norm`: C, or each example's C (the quantile rule's C_t of its step).
+    """
+    keep = np.isfinite(norms)
+    finite = norms[keep]
+    clip_norm = np.broadcast_to(np.asarray(clip_norm, np.float64), norms.shape)[keep]
     nonfinite = float(1.0 - finite.size / max(norms.size, 1))
     if finite.size == 0:
         return GradNormStats(math.nan, math.nan, math.nan, math.nan, nonfinite)

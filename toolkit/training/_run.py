@@ -426,6 +426,10 @@ def fit(
     loss_fn: cg.LossFn | str | None = None,
     clipping: str = "flat",
     gamma: float = 0.01,
+    layer_split: str = "equal",
+    target_quantile: float = 0.5,
+    quantile_lr: float = 0.2,
+    count_noise: float | None = None,
     noise_multiplier: float | None = None,
     target_epsilon: float | None = None,
     delta: float = 1e-5,
@@ -467,8 +471,20 @@ def fit(
             `fraction_clipped` diagnostic, and neither the update nor the noise depends on it.
         loss_fn: `loss_fn(outputs, labels) -> (batch,)` per-example losses, or a name in
             `toolkit.grads.LOSSES`; default softmax cross-entropy with integer labels.
-        clipping: "flat" (sensitivity C) or "automatic" (g / (||g|| + gamma), sensitivity 1).
+        clipping: "flat" (sensitivity C), "automatic" (g / (||g|| + gamma), sensitivity 1),
+            "per-layer" (each layer's part clipped to C_l, sum_l C_l^2 = C^2: sensitivity C)
+            or "quantile" (flat at C_t, which starts at `clip_norm` and follows the
+            `target_quantile` of the norms through a noisy count: sensitivity C_t of the
+            gradient and 1/2 of the count, one Gaussian mechanism of multiplier sigma;
+            `toolkit.grads.clipping`, `toolkit.privacy._quantile`).
         gamma: Automatic clipping's stabiliser.
+        layer_split: Per-layer C_l: "equal" (C / sqrt(L)) or "size" (C sqrt(d_l / d)),
+            from the model's shapes only.
+        target_quantile: Quantile rule: the share of examples to leave unclipped.
+        quantile_lr: Quantile rule: eta of C_t+1 = C_t exp(-eta (unclipped share - target)).
+        count_noise: Quantile rule: the count's noise std sigma_b (default B / 20); the
+            gradient gets sigma_g = (sigma^-2 - (2 sigma_b)^-2)^-1/2, so the step's
+            accounted multiplier stays sigma.
         noise_multiplier: sigma; give exactly one of it and `target_epsilon`.
         target_epsilon: Calibrate sigma so that the `accountant` eps is at most this.
         delta: delta of the guarantee.
@@ -503,6 +519,8 @@ def fit(
         **fields, activation=None, epochs=_num(epochs), batch_size=_num(batch_size),
         max_physical_batch=_num(max_physical_batch), per_example=per_example,
         clipping=clipping, clip_norm=_num(clip_norm), gamma=_num(gamma),
+        layer_split=layer_split, target_quantile=_num(target_quantile),
+        quantile_lr=_num(quantile_lr), count_noise=_num(count_noise),
         noise_multiplier=_num(noise_multiplier), target_epsilon=_num(target_epsilon),
         delta=_num(delta), accountant=accountant, sampling=sampling, seed=_num(seed),
         validation=_num(validation), ema_decay=_num(ema_decay), augmult=_augmult(augment),

@@ -10,6 +10,8 @@ a few ulps per term; 1e-5 relative is far above that and far below a wrong scale
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,3 +65,56 @@ def test_one_example_moves_the_clipped_sum_by_at_most_the_sensitivity(
     assert max(moves) <= bound * (1 + 1e-5)
     big = np.asarray(everyone.norms) > 10 * bound  # pre-clip norms far above the bound
     assert big.any() and min(np.asarray(moves)[big]) >= 0.9 * bound
+
+
+@pytest.mark.parametrize("split", ["equal", "size"])
+def test_layer_clip_norms_share_c_squared_from_shapes_alone(split):
+    """sum_l C_l^2 = C^2 (float64 sums: 1e-12); `equal` gives each of the L layers
+    C / sqrt(L), `size` gives C sqrt(d_l / d); the values do not depend on the params'
+    values."""
+    _, params, _ = toolkit.split_model(_Mlp(nnx.Rngs(0)))
+    c = clipping.layer_clip_norms(params, clip_norm=0.3, split=split)
+    assert list(c) == ["fc1", "fc2"]
+    assert math.isclose(sum(v**2 for v in c.values()), 0.09, rel_tol=1e-12)
+    sizes = {"fc1": D * 8 + 8, "fc2": 8 * K + K}
+    for name, value in c.items():
+        share = 0.5 if split == "equal" else sizes[name] / sum(sizes.values())
+        assert math.isclose(value, 0.3 * math.sqrt(share), rel_tol=1e-12)
+    doubled = jax.tree.map(lambda v: 2 * v, params)
+    assert clipping.layer_clip_norms(doubled, clip_norm=0.3, split=split) == c
+
+
+@pytest.mark.parametrize("split", ["equal", "size"])
+def test_per_layer_clipping_bounds_each_layer_and_both_paths_agree(split):
+    """Each example's clipped part in layer l has norm <= C_l (checked on one-example
+    sums), so its whole clipped gradient is <= C; the examples with large gradients reach
+    C_l in every layer. Book-keeping and vmap give the same sum (rtol 1e-5: float32 sums
+    of 16 terms)."""
+    graphdef, params, state = toolkit.split_model(_Mlp(nnx.Rngs(0)))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(N, D)).astype(np.float32) * np.float32(100.0))
+    y = jnp.asarray(rng.integers(0, K, N).astype(np.int32))
+    c_l = clipping.layer_clip_norms(params, clip_norm=0.5, split=split)
+    sums = {}
+    for impl in ("bookkeeping", "vmap"):
+        fn = toolkit.clipped_grad(graphdef, clipping="per-layer", clip_norm=0.5,
+                                  implementation=impl, layer_split=split)  # fmt: skip
+        assert fn.sensitivity == 0.5
+        call = jax.jit(lambda mask, fn=fn: fn(params, state, x, y, mask).clipped_sum)
+        sums[impl] = call(jnp.ones(N, bool))
+        for i in range(N):
+            one = call(jnp.arange(N) == i)
+            for name, bound in c_l.items():
+                part = math.sqrt(sum(float(np.sum(np.square(np.asarray(v))))
+                                     for v in one[name].values()))  # fmt: skip
+                assert part <= bound * (1 + 1e-5), (impl, i, name, part, bound)
+            assert _norm(one) <= 0.5 * (1 + 1e-5)
+    for a, b in zip(jax.tree.leaves(sums["bookkeeping"]), jax.tree.leaves(sums["vmap"]),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    # an example scaled up 100x is clipped in every layer: its parts have norm C_l exactly
+    fn = toolkit.clipped_grad(graphdef, clipping="per-layer", clip_norm=0.5, layer_split=split)
+    one = fn(params, state, x * 100, y, jnp.arange(N) == 0).clipped_sum
+    for name, bound in c_l.items():
+        part = math.sqrt(sum(float(np.sum(np.square(np.asarray(v)))) for v in one[name].values()))
+        assert math.isclose(part, bound, rel_tol=1e-4), (name, part, bound)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.configs import TINY_MODEL, tiny_config
+from tests.configs import TINY_MODEL, cut_after_epoch_1, tiny_config
 from toolkit.cli import app
 from toolkit.privacy import accounting
 from toolkit.runs import RunConfig, rundir
@@ -190,3 +190,24 @@ def test_divergence_is_a_one_line_error_exit_3_and_keeps_last_checkpoint(tiny_da
     kept = rundir.read_epochs(out)  # the epochs before the divergence stay usable
     assert f"diverged in epoch {len(kept) + 1}" in result.output
     assert all(math.isfinite(r.train_loss) for r in kept)
+
+
+@pytest.mark.parametrize(
+    "rule", [dict(clipping="quantile", quantile_lr=0.5), dict(clipping="per-layer")]
+)
+def test_a_run_of_each_new_clipping_rule_resumes_bit_for_bit(tiny_data_dir, tmp_path, rule):
+    """The quantile rule's C_t lives in the optimizer state, so the checkpoint carries it:
+    a run cut after epoch 1 and resumed matches the uninterrupted one (records, clip
+    norms, checkpoint). Its C moves (it would stay at C_0 if the state were rebuilt)."""
+    cfg = tiny_config(tiny_data_dir, keep_checkpoints=1, **TINY_MODEL, **rule)
+    full = train(cfg, out=tmp_path / "full")
+    cut = cut_after_epoch_1(tmp_path / "full", tmp_path / "cut")
+    resumed = resume(cut)
+    assert _strip_times(resumed.history) == _strip_times(full.history)
+    za, zb = (np.load(d / rundir.CHECKPOINT) for d in (tmp_path / "full", cut))
+    assert all(np.array_equal(za[k], zb[k]) for k in za.files if k != "meta")
+    clip_norms = [e.clip_norm for e in full.history]
+    if rule["clipping"] == "quantile":
+        assert len(set(clip_norms)) == 2 and 1.0 not in clip_norms
+    else:
+        assert clip_norms == [None, None]
