@@ -161,36 +161,69 @@ def bias(
         help="Run directories (toolkit train or toolkit.fit, with keep_checkpoints) whose "
         "model and data are named: a registry name, a data file, or package.module:fn.",
     ),
-    sample: int = typer.Option(1000, help="Training examples to measure on (fixed by --seed)."),
-    seed: int = typer.Option(0, help="Seed of the sample."),
+    sample: int = typer.Option(
+        None, help="Training examples to measure on, drawn by --seed (default: all of them)."
+    ),
+    seed: int = typer.Option(
+        0, help="Seed of the sample and of the bootstrap weights (same seed: paired runs)."
+    ),
+    bootstrap: int = typer.Option(
+        100, help="Poisson-bootstrap replicates R for the 95% intervals (0: none)."
+    ),
+    epochs: str = typer.Option(
+        None,
+        help="Comma-separated epochs to measure, e.g. 0,20,40 (0: the initialisation; "
+        "default: it and every kept checkpoint).",
+    ),
     clip_norm: float = typer.Option(
         None,
         help="C to clip at (default: the run's; needed for non-private runs: give the DP run's C).",
     ),
-    out: Path = typer.Option(..., help="Writes OUT.json, OUT.png and OUT.pdf."),
+    out: Path = typer.Option(
+        ..., help="Writes OUT.json, OUT.png/.pdf (over training), OUT-relation.png/.pdf."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
-    """Clipping bias over training: cosine and norm ratio of mean clipped vs mean gradient,
-    fraction clipped, per-layer shares. Diagnostics on private data, not covered by eps."""
-    from experiments.bias_plots import bias_figure
+    """Clipping bias and step noise over training, on the whole training split: fraction
+    clipped, cosine, norm ratio and projection of the mean clipped on the mean gradient,
+    signal-to-noise of one step, per-layer shares, with bootstrap intervals. Diagnostics on
+    private data, not covered by eps."""
+    from experiments import bias_plots
     from toolkit import studies as bias_lib
     from toolkit.base import outputs
     from toolkit.base.plotting import figure_files
 
-    if not 1 <= sample <= 1_000_000:
+    if sample is not None and not 1 <= sample <= 1_000_000:
         raise ToolkitError(f"--sample={sample} must be in [1, 1000000].")
     if not 0 <= seed < 2**32:
         raise ToolkitError(f"--seed={seed} must be in [0, 2^32).")
-    files = [*outputs.file_set(out, (".json",)), *figure_files(out)]
+    if not 0 <= bootstrap <= bias_lib.MAX_REPLICATES:
+        raise ToolkitError(f"--bootstrap={bootstrap} must be in [0, {bias_lib.MAX_REPLICATES}].")
+    try:
+        wanted = None if epochs is None else [int(e) for e in epochs.split(",")]
+    except ValueError:
+        wanted = [-1]
+    if wanted is not None and min(wanted) < 0:
+        raise ToolkitError(
+            f"--epochs={epochs!r} must be comma-separated epochs >= 0, e.g. 0,20,40."
+        )
+    relation = bias_plots.relation_path(out)
+    files = [*outputs.file_set(out, (".json",)), *figure_files(out), *figure_files(relation)]
     outputs.check_files("--out", files, value=out, overwrite=overwrite)
     for r in runs:  # every run checked before the first is measured
-        bias_lib.check_run(r, clip_norm=clip_norm)
+        bias_lib.check_run(r, clip_norm=clip_norm, epochs=wanted)
     results = [
-        bias_lib.run_bias(r, sample_size=sample, seed=seed, clip_norm=clip_norm) for r in runs
-    ]
+        bias_lib.run_bias(r, sample_size=sample, seed=seed, bootstrap=bootstrap, epochs=wanted,
+                          clip_norm=clip_norm)
+        for r in runs
+    ]  # fmt: skip
     for r in results:
-        shown = ", ".join(f"e{p.epoch}: cos {p.cosine:.4f} ratio {p.norm_ratio:.3f} "
-                          f"clipped {p.fraction_clipped:.3f}" for p in r.points)  # fmt: skip
-        console.print(f"{r.run} ({r.label}, C={r.clip_norm:g}): {shown}", markup=False)
-    written = [bias_lib.write_json(results, out), *bias_figure(results, out=out)]
+        console.print(bias_plots.run_line(r), markup=False, highlight=False)
+        for p in r.points:
+            console.print("  " + bias_plots.point_line(r, p), markup=False, highlight=False)
+    written = [
+        bias_lib.write_json(results, out),
+        *bias_plots.bias_figure(results, out=out),
+        *bias_plots.relation_figure(results, out=relation),
+    ]
     console.print(f"{bias_lib.DIAGNOSTIC_LABEL}; wrote " + ", ".join(map(str, written)))

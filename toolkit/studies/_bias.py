@@ -1,43 +1,50 @@
 """Clipping bias in real training: the mean clipped gradient against the mean gradient.
 
-On a fixed sample S of n training examples (drawn once from a seed) and parameters theta
-(the initialisation and each checkpoint kept by `toolkit train --keep-checkpoints K`):
+On the n examples of a run's training split (all of them by default, after `validation`
+and `limit_train`; or a sample drawn once from a seed) and parameters theta (the
+initialisation and each checkpoint kept by `toolkit train --keep-checkpoints K`):
 
-    g_i      = grad_theta loss(theta; x_i, y_i)          per-example gradient, i in S
+    g_i      = grad_theta loss(theta; x_i, y_i)          per-example gradient
     gbar     = (1/n) sum_i g_i                            mean (unclipped) gradient
     gclip    = (1/n) sum_i clip_C(g_i)                    mean clipped gradient, the rule
                                                           of the run (flat: min(1, C/||g_i||))
     d        = gbar - gclip                               the clipped-away gradient
 
-and reports
+and reports cos(gclip, gbar) (1 = clipping changes only the step length, Chen, Wu, Hong
+2020; < 1 = it turns the step), ||gclip|| / ||gbar||, the projection of gclip on the
+direction of gbar in units of C, the fraction of examples clipped, the mean pre-clip norm,
+the noise of one DP-SGD step of the run beside that signal (snr), each layer's share of
+d and of gbar, and 95% Poisson-bootstrap intervals over the examples: definitions in
+`toolkit.studies._bias_stats`. This is the quantity Theorem 1 is about (clipped GD
+follows gclip, not gbar) measured on the paper's CNNs instead of a convex GLM, at the
+parameters training reached (with noise, for a DP run).
 
-    cosine            cos(gclip, gbar): 1 = clipping changes only the step length
-                      (Chen, Wu, Hong 2020: no bias in direction); < 1 = it turns the step.
-    norm_ratio        ||gclip|| / ||gbar||.
-    fraction_clipped  share of the n examples with ||g_i|| > C.
-    per layer l (a layer's kernel and bias together; theta = (theta_1, ..., theta_L)):
-      bias_share      ||d_l||^2 / ||d||^2: where the clipped-away gradient lives
-                      (sums to 1 over layers);
-      grad_share      ||gbar_l||^2 / ||gbar||^2: where the mean gradient lives (sums to 1);
-      cosine          cos(gclip_l, gbar_l), the layer's own direction change.
+**Streaming.** The examples pass in chunks of `chunk` (memory only): per chunk, one jitted
+function computes the per-example gradients G (chunk x d) by `jax.vmap(jax.grad)`,
+their norms and clip factors, and multiplies [v; v * f] @ G in float32 on the device,
+v being the chunk's weights (1, and the R bootstrap weights). The host adds the
+(2R + 2) x d result into float64 sums and keeps the n norms; no more than one chunk's
+per-example gradients exist at a time. Cost per point: n (one per-example gradient +
+2(R + 1) d multiply-adds). For Fashion-MNIST's 60,000 examples, the paper CNN and R = 100:
+about 40 s on one CPU core (Xeon, AVX-512), of which about 25 s are the model's own
+forward and backward passes (half of that the backward of its stride-1 max pools), 8 s
+the per-example gradients beyond that and 8 s the bootstrap products; the host's float64
+sums about 1 s.
 
-This is the quantity Theorem 1 is about (clipped GD follows gclip, not gbar) measured on
-the paper's CNNs instead of a convex GLM. No noise is involved: it is the bias of
-clipping alone, at the parameters training reached (with noise, for a DP run).
-
-A non-private run has C = inf; measure it at the C of the DP run it is compared with
-(`clip_norm=`). The sample is drawn from the run's own training split (after
-`validation` and `limit_train`), so these are diagnostics computed on private data
-without noise: not covered by eps, not for release (docs/privacy.md, "What is not
-covered"), like the gradient-norm statistics in epochs.jsonl.
+A non-private run has C = inf and no noise; measure it at the C of the DP run it is
+compared with (`clip_norm=`): its snr is inf. These are diagnostics computed on private
+training data without noise: not covered by eps, not for release (docs/privacy.md, "What
+is not covered"), like the gradient-norm statistics in epochs.jsonl.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,17 @@ from toolkit import grads as cg
 from toolkit.base import ToolkitError, atomic_write_json, outputs
 from toolkit.grads import clipping as clip_lib
 from toolkit.runs import RunConfig, config_from_record, rundir
+from toolkit.studies._bias_stats import (
+    DIAGNOSTIC_LABEL,
+    MAX_REPLICATES,
+    BiasPoint,
+    RunBias,
+    StepNoise,
+    Sums,
+    bias_point,
+    bootstrap_weights,
+    from_record,
+)
 from toolkit.training import (
     Objects,
     check_model_kind,
@@ -61,50 +79,8 @@ from toolkit.training import (
     model_inputs,
 )
 
-DIAGNOSTIC_LABEL = (
-    "diagnostic computed on private training data without noise: not covered by eps, "
-    "not for release"
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerBias:
-    """One layer's part of the clipping bias (definitions in the module docstring)."""
-
-    bias_share: float
-    grad_share: float
-    cosine: float
-
-
-@dataclasses.dataclass(frozen=True)
-class BiasPoint:
-    """The clipping bias at one set of parameters (epoch 0: the initialisation)."""
-
-    epoch: int
-    cosine: float
-    norm_ratio: float
-    fraction_clipped: float
-    mean_grad_norm: float  # (1/n) sum_i ||g_i||, pre-clip
-    layers: dict[str, LayerBias]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunBias:
-    """The clipping bias over one run's kept checkpoints, with what it was measured at."""
-
-    run: str
-    activation: str
-    private: bool
-    clip_norm: float  # the C used here (a non-private run: the C given)
-    clipping: str
-    sample_size: int
-    sample_seed: int
-    points: list[BiasPoint]
-    diagnostic: str = DIAGNOSTIC_LABEL
-
-    @property
-    def label(self) -> str:
-        return f"{self.activation}, {'DP-SGD' if self.private else 'non-private'}"
+# The clipping rules measured here: a clip factor of the example's norm and one C.
+MEASURED_RULES = ("flat", "automatic")
 
 
 def _layer_names(params: Any) -> list[str]:
@@ -118,26 +94,93 @@ def _layer_names(params: Any) -> list[str]:
     return names
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else math.nan
-
-
 @functools.cache
-def _sums_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float,
-             loss_fn=None):  # fmt: skip
-    """Jitted `(params, state, x, y) -> (sum g_i, sum clip(g_i), ||g_i||)`, one per model."""
+def _chunk_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float,
+              loss_fn=None):  # fmt: skip
+    """Jitted `(params, state, x, y, v) -> ([v; v * f] @ G, ||g_i||)`, one per model.
+
+    v (K, chunk) are the chunk's weights, G (chunk, d) its flat per-example gradients and
+    f their clip factors: row k of the result is sum_i v_ki g_i, row K + k is
+    sum_i v_ki clip(g_i). An example whose gradient is not finite contributes zeros (as
+    to training's clipped sum); padding rows have weight 0.
+    """
     grads_fn = cg.per_example_grads_fn(graphdef, loss_fn)
 
     @jax.jit
-    def sums(params, state, x, y):
+    def sums(params, state, x, y, v):
         _, g = grads_fn(params, x, y, state)
         norms = clip_lib.per_example_norms(g)
-        w = clip_lib.clip_factors(norms, clipping=clipping, clip_norm=clip_norm, gamma=gamma)
-        flat = jax.tree.leaves(jax.tree.map(lambda t: jnp.sum(t, axis=0), g))
-        return flat, jax.tree.leaves(clip_lib.clipped_sum(g, w)), norms
+        f = clip_lib.clip_factors(norms, clipping=clipping, clip_norm=clip_norm, gamma=gamma)
+        weights = jnp.concatenate([v, v * f[None]], axis=0)
+        finite = jnp.isfinite(norms)[:, None]
+        flat = [jnp.where(finite, t.reshape(t.shape[0], -1), 0.0) for t in jax.tree.leaves(g)]
+        # HIGHEST: full float32 (a GPU would otherwise multiply in TF32).
+        out = [jnp.matmul(weights, t, precision=jax.lax.Precision.HIGHEST) for t in flat]
+        return jnp.concatenate(out, axis=1), norms
 
     return sums
+
+
+def stream_sums(
+    model: nnx.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    clip_norm: float,
+    clipping: str = "flat",
+    gamma: float = 0.01,
+    chunk: int = 512,
+    loss_fn: cg.LossFn | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[Sums, list[str]]:
+    """The weighted sums of `toolkit.studies._bias_stats.Sums` over (images, labels), and
+    the layer of each of the d coordinates.
+
+    `weights` (R, n): the bootstrap weights of the n examples (None: no replicates). Every
+    chunk has `chunk` rows (the last is padded with weight 0), so the function compiles
+    once per model and shape.
+    """
+    if not clip_norm > 0:
+        raise ToolkitError(f"clip_norm={clip_norm} must be > 0.")
+    if not chunk >= 1:
+        raise ToolkitError(f"chunk={chunk} must be >= 1.")
+    n = len(labels)
+    w = np.zeros((0, n), np.float32) if weights is None else np.asarray(weights, np.float32)
+    if w.ndim != 2 or w.shape[1] != n:
+        raise ToolkitError(f"weights of shape {w.shape}; expected (replicates, {n}).")
+    graphdef, params, state = cg.split_model(model)
+    fn = _chunk_fn(graphdef, clip_norm=clip_norm, clipping=clipping, gamma=gamma,
+                   loss_fn=loss_fn)  # fmt: skip
+    size, k = min(chunk, n), 1 + len(w)
+    total = np.zeros((2 * k, sum(t.size for t in jax.tree.leaves(params))), np.float64)
+    norms = np.empty(n, np.float64)
+
+    def add(start, result):  # on the host, while the device computes the next chunk
+        out, nrm = result
+        np.add(total, np.asarray(out), out=total)  # float32 chunk into float64 sums
+        norms[start : start + size] = np.asarray(nrm)[: min(size, n - start)]
+
+    pending = None
+    for start in range(0, n, size):
+        rows = np.arange(start, start + size)
+        real = rows < n
+        rows = np.minimum(rows, n - 1)  # padding: copies of the last example, weight 0
+        v = np.concatenate([real[None].astype(np.float32), w[:, rows] * real])
+        result = fn(params, state, jnp.asarray(images[rows]), jnp.asarray(labels[rows]),
+                    jnp.asarray(v))  # fmt: skip
+        if pending is not None:
+            add(*pending)
+        pending = (start, result)
+    add(*pending)
+    weights64 = np.concatenate([np.ones((1, n)), w.astype(np.float64)])  # (K, n)
+    finite = np.isfinite(norms)
+    sums = Sums(
+        grad=total[:k], clipped=total[k:], count=weights64.sum(axis=1),
+        clipped_count=weights64 @ (finite & (norms > clip_norm)),
+        norm_sum=weights64 @ np.where(finite, norms, 0.0), finite_count=weights64 @ finite,
+    )  # fmt: skip
+    sizes = [t.size for t in jax.tree.leaves(params)]
+    return sums, list(np.repeat(_layer_names(params), sizes))
 
 
 def measure(
@@ -148,75 +191,38 @@ def measure(
     clip_norm: float,
     clipping: str = "flat",
     gamma: float = 0.01,
-    chunk: int = 256,
+    chunk: int = 512,
     epoch: int = 0,
     loss_fn: cg.LossFn | None = None,
+    weights: np.ndarray | None = None,
+    noise: StepNoise | None = None,
 ) -> BiasPoint:
     """The clipping bias of `model` on (images, labels) under `loss_fn` (default softmax
-    cross-entropy).
+    cross-entropy), streamed in chunks of `chunk` examples (`stream_sums`).
 
-    Per-example gradients by `jax.vmap(jax.grad)` (`toolkit.grads._per_example`), in chunks of
-    `chunk` examples (memory only); sums accumulated in float64.
+    `weights` (R, n): bootstrap weights, giving intervals and replicates (None: none).
+    `noise`: the run's step noise, for noise_direction, snr and noise_norm_ratio (None: NaN).
     """
-    if not clip_norm > 0:
-        raise ToolkitError(f"clip_norm={clip_norm} must be > 0.")
-    graphdef, params, state = cg.split_model(model)
-    sums = _sums_fn(graphdef, clip_norm=clip_norm, clipping=clipping, gamma=gamma,
-                    loss_fn=loss_fn)  # fmt: skip
-    n = len(labels)
-    total = clipped_total = None
-    norms = []
-    for start in range(0, n, chunk):
-        x, y = (
-            jnp.asarray(images[start : start + chunk]),
-            jnp.asarray(labels[start : start + chunk]),
-        )
-        flat, clipped, nrm = sums(params, state, x, y)
-        flat = [np.asarray(t, np.float64) for t in flat]
-        clipped = [np.asarray(t, np.float64) for t in clipped]
-        total = flat if total is None else [a + b for a, b in zip(total, flat, strict=True)]
-        clipped_total = (
-            clipped
-            if clipped_total is None
-            else [a + b for a, b in zip(clipped_total, clipped, strict=True)]
-        )
-        norms.append(np.asarray(nrm, np.float64))
-    norms = np.concatenate(norms)
-    names = _layer_names(params)
-    gbar = {k: [] for k in dict.fromkeys(names)}
-    gclip = {k: [] for k in gbar}
-    for name, a, b in zip(names, total, clipped_total, strict=True):
-        gbar[name].append(a.ravel() / n)
-        gclip[name].append(b.ravel() / n)
-    gbar = {k: np.concatenate(v) for k, v in gbar.items()}
-    gclip = {k: np.concatenate(v) for k, v in gclip.items()}
-    gb, gc = np.concatenate(list(gbar.values())), np.concatenate(list(gclip.values()))
-    d2, g2 = float(np.sum((gb - gc) ** 2)), float(gb @ gb)
-    layers = {
-        k: LayerBias(
-            bias_share=float(np.sum((gbar[k] - gclip[k]) ** 2)) / d2 if d2 > 0 else 0.0,
-            grad_share=float(gbar[k] @ gbar[k]) / g2 if g2 > 0 else math.nan,
-            cosine=_cos(gclip[k], gbar[k]),
-        )
-        for k in gbar
-    }
-    return BiasPoint(
-        epoch=epoch,
-        cosine=_cos(gc, gb),
-        norm_ratio=float(np.linalg.norm(gc) / np.linalg.norm(gb)) if g2 > 0 else math.nan,
-        fraction_clipped=float(np.mean(norms > clip_norm)),
-        mean_grad_norm=float(np.mean(norms)),
-        layers=layers,
-    )
+    sums, names = stream_sums(
+        model, images, labels, clip_norm=clip_norm, clipping=clipping, gamma=gamma,
+        chunk=chunk, loss_fn=loss_fn, weights=weights,
+    )  # fmt: skip
+    sensitivity = clip_lib.sensitivity(clipping=clipping, clip_norm=clip_norm)
+    return bias_point(sums, epoch=epoch, names=names, sensitivity=sensitivity, noise=noise)
 
 
 def check_run(
-    run: str | Path, *, clip_norm: float | None = None, objects: Objects = Objects()
+    run: str | Path,
+    *,
+    clip_norm: float | None = None,
+    objects: Objects = Objects(),
+    epochs: Sequence[int] | None = None,
 ) -> tuple[RunConfig, dict, float]:
     """`(config, {epoch: kept checkpoint}, C)` of a run; a one-line ToolkitError if unusable.
 
     A run whose model or data was given in Python (`python:` in its config) needs them
-    again in `objects` (from Python; the command line cannot).
+    again in `objects` (from Python; the command line cannot). `epochs`, when given, must
+    be kept checkpoints, or 0 (the initialisation) for a model that can be rebuilt.
     """
     run = Path(run)
     if not run.is_dir():
@@ -227,12 +233,29 @@ def check_run(
     needed = Objects(model=objects.model, train_data=objects.train_data)
     needed.check(dataclasses.replace(cfg, loss="softmax_cross_entropy", optimizer="sgd"),
                  where=f"RUN_DIR={run}", api="toolkit.studies.run_bias")  # fmt: skip
+    if cfg.private and cfg.clipping not in MEASURED_RULES:
+        raise ToolkitError(
+            f"RUN_DIR={run} clips with {cfg.clipping!r}; toolkit bias measures the rules "
+            f"{', '.join(MEASURED_RULES)} (one C for every example and step)."
+        )
     kept = rundir.kept_checkpoints(run)
     if not kept:
         raise ToolkitError(
             f"RUN_DIR={run} has no kept checkpoints ({rundir.KEPT_PREFIX}E.npz); train it with "
             "--keep-checkpoints K (toolkit.fit: keep_checkpoints=K)."
         )
+    rebuilt = objects.model is None or is_factory(objects.model)
+    for e in epochs or ():
+        if e == 0 and not rebuilt:
+            raise ToolkitError(
+                f"--epochs=0: the initialisation of RUN_DIR={run} is not known (its model was "
+                "given as an instance); give its factory, or measure kept checkpoints only."
+            )
+        if e != 0 and e not in kept:
+            raise ToolkitError(
+                f"--epochs={e} is not a kept checkpoint of RUN_DIR={run}; expected 0 (the "
+                f"initialisation) or one of {', '.join(map(str, kept))}."
+            )
     if clip_norm is None:
         if not cfg.private:
             raise ToolkitError(
@@ -245,12 +268,40 @@ def check_run(
     return cfg, kept, float(clip_norm)
 
 
+def step_noise(run: str | Path, cfg: RunConfig) -> StepNoise:
+    """The noise of one step of the run: its resolved sigma (config.json, else summary.json;
+    0 for a non-private run) and its expected batch B."""
+    sigma = cfg.noise_multiplier if cfg.private else 0.0
+    if sigma is None:  # a record written before sigma was resolved into config.json
+        summary = rundir.read_summary(Path(run))
+        sigma = None if summary is None else summary.noise_multiplier
+    if sigma is None:
+        raise ToolkitError(
+            f"RUN_DIR={run} records no noise multiplier (config.json has none and there is "
+            "no summary.json); the noise of its steps is unknown."
+        )
+    return StepNoise(noise_multiplier=float(sigma), batch_size=float(cfg.batch_size))
+
+
+def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the measured examples: two measurements pair only on equal digests."""
+    h = hashlib.sha256()
+    for a in (images, labels):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def run_bias(
     run: str | Path,
     *,
-    sample_size: int = 1000,
+    sample_size: int | None = None,
     seed: int = 0,
+    bootstrap: int = 100,
+    epochs: Sequence[int] | None = None,
     clip_norm: float | None = None,
+    chunk: int = 512,
     model: nnx.Module | Callable[..., nnx.Module] | None = None,
     train_data: tuple[Any, Any] | None = None,
 ) -> RunBias:
@@ -258,9 +309,15 @@ def run_bias(
 
     Args:
         run: A run directory written with `keep_checkpoints` K (`toolkit train` or `fit`).
-        sample_size: Number of training examples, drawn without replacement from `seed`.
-        seed: Seed of the sample (the same seed and run give the same sample).
+        sample_size: Number of training examples, drawn without replacement from `seed`;
+            None: the whole training split.
+        seed: Seed of the sample and of the bootstrap weights (the same seed, run and
+            sample give the same examples and the same replicates).
+        bootstrap: R, the number of Poisson-bootstrap replicates (0: no intervals).
+        epochs: Measure only these (0: the initialisation; others: kept checkpoints);
+            None: the initialisation (when it can be rebuilt) and every kept checkpoint.
         clip_norm: C to clip at; default the run's C. Required for a non-private run.
+        chunk: Examples per device call (memory only).
         model, train_data: The run's model and training arrays, when they were given in
             Python. The model is an instance of the trained structure, a function of no
             arguments returning one, or its factory `f(rngs=...)`: only a factory (or a
@@ -268,41 +325,70 @@ def run_bias(
             seed.
     """
     objects = Objects(model=model, train_data=train_data)
-    cfg, kept, clip_norm = check_run(run, clip_norm=clip_norm, objects=objects)
+    cfg, kept, clip_norm = check_run(run, clip_norm=clip_norm, objects=objects, epochs=epochs)
+    if not 0 <= bootstrap <= MAX_REPLICATES:
+        raise ToolkitError(f"--bootstrap={bootstrap} must be in [0, {MAX_REPLICATES}].")
+    if not chunk >= 1:
+        raise ToolkitError(f"chunk={chunk} must be >= 1.")
+    noise = step_noise(run, cfg)
     clipping = cfg.clipping if cfg.private else "flat"
     data = load_data(cfg, objects)
     n = len(data.train_labels)
-    if not 1 <= sample_size <= n:
+    if sample_size is None:
+        idx = np.arange(n)
+    elif not 1 <= sample_size <= n:
         raise ToolkitError(f"--sample={sample_size} must be in [1, {n}] (the run's training set).")
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=sample_size, replace=False))
-    x = jnp.asarray(model_inputs(data, data.train_images[idx]))
-    y = jnp.asarray(data.train_labels[idx])
-    kw = dict(
-        clip_norm=clip_norm, clipping=clipping, gamma=cfg.gamma, loss_fn=loss_of(cfg, objects)
-    )
+    else:
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=sample_size, replace=False))
+    images, labels = data.train_images[idx], data.train_labels[idx]
+    x = np.asarray(model_inputs(data, images))
+    weights = bootstrap_weights(n, replicates=bootstrap, seed=seed)[:, idx]
+    kw = dict(clip_norm=clip_norm, clipping=clipping, gamma=cfg.gamma, chunk=chunk,
+              loss_fn=loss_of(cfg, objects), weights=weights, noise=noise)  # fmt: skip
     # The initialisation is rebuilt from the run's seed when the model is built from its
     # record or from the factory given; an instance's starting values were not recorded.
     rebuilt = model is None or is_factory(model)
     if rebuilt:  # the kind of model the run was made from: its noise key tells
         with np.load(next(iter(kept.values()))) as z:
             check_model_kind(cfg, objects, saved_key=z["key"], where=f"RUN_DIR={run}")
-    start = init_model(cfg, data, objects) if rebuilt else None
-    points = [] if start is None else [measure(start, x, y, epoch=0, **kw)]
-    for epoch in kept:
-        trained = load_run(run, epoch=epoch, model=model).model
-        points.append(measure(trained, x, y, epoch=epoch, **kw))
+    wanted = [0, *kept] if epochs is None else sorted(set(epochs))
+    points, num_params = [], 0
+    for epoch in wanted:
+        if epoch == 0 and not rebuilt:
+            continue
+        measured = (
+            init_model(cfg, data, objects) if epoch == 0
+            else load_run(run, epoch=epoch, model=model).model
+        )  # fmt: skip
+        points.append(measure(measured, x, labels, epoch=epoch, **kw))
+        num_params = sum(t.size for t in jax.tree.leaves(nnx.state(measured, nnx.Param)))
     return RunBias(
-        run=str(run), activation=cfg.label, private=cfg.private,
-        clip_norm=clip_norm, clipping=clipping, sample_size=sample_size,
-        sample_seed=seed, points=points,
+        run=str(run), activation=cfg.label, private=cfg.private, run_seed=cfg.seed,
+        clip_norm=clip_norm, clipping=clipping,
+        sensitivity=clip_lib.sensitivity(clipping=clipping, clip_norm=clip_norm),
+        noise_multiplier=noise.noise_multiplier, batch_size=cfg.batch_size,
+        num_params=num_params, num_train=n,
+        sample_size=len(idx), sample_seed=seed, bootstrap=bootstrap,
+        examples=_digest(images, labels), points=points,
     )  # fmt: skip
 
 
 def write_json(results: list[RunBias], path: str | Path) -> Path:
-    """Write `results` atomically to PATH (.json)."""
+    """Write `results` atomically to PATH (.json), replicates included."""
     path = outputs.file_set(path, (".json",))[0]  # dots in the name are kept
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         path, {"diagnostic": DIAGNOSTIC_LABEL, "runs": [dataclasses.asdict(r) for r in results]}
     )
     return path
+
+
+def read_json(path: str | Path) -> list[RunBias]:
+    """The `RunBias` results `write_json` wrote (e.g. to compare runs measured apart)."""
+    path = Path(path)
+    try:
+        return [from_record(r) for r in json.loads(path.read_text())["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ToolkitError(
+            f"{path} is not a toolkit bias record ({type(e).__name__}: {e})."
+        ) from None
