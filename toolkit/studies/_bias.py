@@ -83,17 +83,6 @@ from toolkit.training import (
 MEASURED_RULES = ("flat", "automatic")
 
 
-def _layer_names(params: Any) -> list[str]:
-    """The layer of each leaf: its path without the parameter name ("conv1/kernel" -> conv1)."""
-    names = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-        if keys and keys[-1] == "value":  # nnx.Param's own field
-            keys = keys[:-1]
-        names.append("/".join(keys[:-1]) or keys[-1])
-    return names
-
-
 @functools.cache
 def _chunk_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float,
               loss_fn=None):  # fmt: skip
@@ -180,7 +169,7 @@ def stream_sums(
         norm_sum=weights64 @ np.where(finite, norms, 0.0), finite_count=weights64 @ finite,
     )  # fmt: skip
     sizes = [t.size for t in jax.tree.leaves(params)]
-    return sums, list(np.repeat(_layer_names(params), sizes))
+    return sums, list(np.repeat(clip_lib.layer_names(params), sizes))
 
 
 def measure(
