@@ -79,33 +79,43 @@ from toolkit.training import (
     model_inputs,
 )
 
-# The clipping rules measured here: a clip factor of the example's norm and one C.
-MEASURED_RULES = ("flat", "automatic")
-
 
 @functools.cache
-def _chunk_fn(graphdef: nnx.GraphDef, *, clip_norm: float, clipping: str, gamma: float,
+def _chunk_fn(graphdef: nnx.GraphDef, *, clipping: str, gamma: float, layer_split: str,
               loss_fn=None):  # fmt: skip
-    """Jitted `(params, state, x, y, v) -> ([v; v * f] @ G, ||g_i||)`, one per model.
+    """Jitted `(params, state, x, y, v, C) -> ([v; v * f] @ G, ||g_i||, clipped_i)`.
 
     v (K, chunk) are the chunk's weights, G (chunk, d) its flat per-example gradients and
-    f their clip factors: row k of the result is sum_i v_ki g_i, row K + k is
-    sum_i v_ki clip(g_i). An example whose gradient is not finite contributes zeros (as
-    to training's clipped sum); padding rows have weight 0.
+    f their clip factors under the run's rule at clip norm C (per-layer: each layer's
+    coordinates by its own factor; a traced C, so a quantile run's C_t compiles once):
+    row k of the result is sum_i v_ki g_i, row K + k is sum_i v_ki clip(g_i).
+    `clipped_i`: the rule scaled example i down (per-layer: in any layer). An example
+    whose gradient is not finite contributes zeros (as to training's clipped sum);
+    padding rows have weight 0.
     """
     grads_fn = cg.per_example_grads_fn(graphdef, loss_fn)
 
     @jax.jit
-    def sums(params, state, x, y, v):
+    def sums(params, state, x, y, v, clip_norm):
         _, g = grads_fn(params, x, y, state)
         norms = clip_lib.per_example_norms(g)
-        f = clip_lib.clip_factors(norms, clipping=clipping, clip_norm=clip_norm, gamma=gamma)
-        weights = jnp.concatenate([v, v * f[None]], axis=0)
+        if clipping == "per-layer":
+            c_l = clip_lib.layer_clip_norms(params, clip_norm=clip_norm, split=layer_split)
+            by_layer = clip_lib.layer_weights(clip_lib.per_layer_norms(g), c_l)
+            factors = clip_lib.leaf_weights(g, by_layer)
+            clipped = jnp.any(jnp.stack([f < 1 for f in by_layer.values()]), axis=0)
+        else:
+            f = clip_lib.clip_factors(norms, clipping=clipping, clip_norm=clip_norm, gamma=gamma)
+            factors = [f] * len(jax.tree.leaves(g))
+            clipped = norms > clip_norm
         finite = jnp.isfinite(norms)[:, None]
-        flat = [jnp.where(finite, t.reshape(t.shape[0], -1), 0.0) for t in jax.tree.leaves(g)]
-        # HIGHEST: full float32 (a GPU would otherwise multiply in TF32).
-        out = [jnp.matmul(weights, t, precision=jax.lax.Precision.HIGHEST) for t in flat]
-        return jnp.concatenate(out, axis=1), norms
+        out = []
+        for t, f in zip(jax.tree.leaves(g), factors, strict=True):
+            t = jnp.where(finite, t.reshape(t.shape[0], -1), 0.0)
+            weights = jnp.concatenate([v, v * f[None]], axis=0)
+            # HIGHEST: full float32 (a GPU would otherwise multiply in TF32).
+            out.append(jnp.matmul(weights, t, precision=jax.lax.Precision.HIGHEST))
+        return jnp.concatenate(out, axis=1), norms, clipped & jnp.isfinite(norms)
 
     return sums
 
@@ -118,6 +128,7 @@ def stream_sums(
     clip_norm: float,
     clipping: str = "flat",
     gamma: float = 0.01,
+    layer_split: str = "equal",
     chunk: int = 512,
     loss_fn: cg.LossFn | None = None,
     weights: np.ndarray | None = None,
@@ -138,16 +149,18 @@ def stream_sums(
     if w.ndim != 2 or w.shape[1] != n:
         raise ToolkitError(f"weights of shape {w.shape}; expected (replicates, {n}).")
     graphdef, params, state = cg.split_model(model)
-    fn = _chunk_fn(graphdef, clip_norm=clip_norm, clipping=clipping, gamma=gamma,
+    fn = _chunk_fn(graphdef, clipping=clipping, gamma=gamma, layer_split=layer_split,
                    loss_fn=loss_fn)  # fmt: skip
     size, k = min(chunk, n), 1 + len(w)
     total = np.zeros((2 * k, sum(t.size for t in jax.tree.leaves(params))), np.float64)
     norms = np.empty(n, np.float64)
+    clipped = np.empty(n, bool)
 
     def add(start, result):  # on the host, while the device computes the next chunk
-        out, nrm = result
+        out, nrm, clp = result
         np.add(total, np.asarray(out), out=total)  # float32 chunk into float64 sums
         norms[start : start + size] = np.asarray(nrm)[: min(size, n - start)]
+        clipped[start : start + size] = np.asarray(clp)[: min(size, n - start)]
 
     pending = None
     for start in range(0, n, size):
@@ -156,7 +169,7 @@ def stream_sums(
         rows = np.minimum(rows, n - 1)  # padding: copies of the last example, weight 0
         v = np.concatenate([real[None].astype(np.float32), w[:, rows] * real])
         result = fn(params, state, jnp.asarray(images[rows]), jnp.asarray(labels[rows]),
-                    jnp.asarray(v))  # fmt: skip
+                    jnp.asarray(v), jnp.float32(clip_norm))  # fmt: skip
         if pending is not None:
             add(*pending)
         pending = (start, result)
@@ -165,7 +178,7 @@ def stream_sums(
     finite = np.isfinite(norms)
     sums = Sums(
         grad=total[:k], clipped=total[k:], count=weights64.sum(axis=1),
-        clipped_count=weights64 @ (finite & (norms > clip_norm)),
+        clipped_count=weights64 @ clipped,
         norm_sum=weights64 @ np.where(finite, norms, 0.0), finite_count=weights64 @ finite,
     )  # fmt: skip
     sizes = [t.size for t in jax.tree.leaves(params)]
@@ -180,6 +193,7 @@ def measure(
     clip_norm: float,
     clipping: str = "flat",
     gamma: float = 0.01,
+    layer_split: str = "equal",
     chunk: int = 512,
     epoch: int = 0,
     loss_fn: cg.LossFn | None = None,
@@ -194,10 +208,11 @@ def measure(
     """
     sums, names = stream_sums(
         model, images, labels, clip_norm=clip_norm, clipping=clipping, gamma=gamma,
-        chunk=chunk, loss_fn=loss_fn, weights=weights,
+        layer_split=layer_split, chunk=chunk, loss_fn=loss_fn, weights=weights,
     )  # fmt: skip
     sensitivity = clip_lib.sensitivity(clipping=clipping, clip_norm=clip_norm)
-    return bias_point(sums, epoch=epoch, names=names, sensitivity=sensitivity, noise=noise)
+    point = bias_point(sums, epoch=epoch, names=names, sensitivity=sensitivity, noise=noise)
+    return dataclasses.replace(point, clip_norm=float(clip_norm))
 
 
 def check_run(
@@ -222,11 +237,6 @@ def check_run(
     needed = Objects(model=objects.model, train_data=objects.train_data)
     needed.check(dataclasses.replace(cfg, loss="softmax_cross_entropy", optimizer="sgd"),
                  where=f"RUN_DIR={run}", api="toolkit.studies.run_bias")  # fmt: skip
-    if cfg.private and cfg.clipping not in MEASURED_RULES:
-        raise ToolkitError(
-            f"RUN_DIR={run} clips with {cfg.clipping!r}; toolkit bias measures the rules "
-            f"{', '.join(MEASURED_RULES)} (one C for every example and step)."
-        )
     kept = rundir.kept_checkpoints(run)
     if not kept:
         raise ToolkitError(
@@ -332,8 +342,11 @@ def run_bias(
     images, labels = data.train_images[idx], data.train_labels[idx]
     x = np.asarray(model_inputs(data, images))
     weights = bootstrap_weights(n, replicates=bootstrap, seed=seed)[:, idx]
-    kw = dict(clip_norm=clip_norm, clipping=clipping, gamma=cfg.gamma, chunk=chunk,
+    kw = dict(clipping=clipping, gamma=cfg.gamma, layer_split=cfg.layer_split, chunk=chunk,
               loss_fn=loss_of(cfg, objects), weights=weights, noise=noise)  # fmt: skip
+    # The quantile rule's C moves: each checkpoint is clipped at the C_t its run had then.
+    moving = cfg.private and cfg.clipping == "quantile"
+    clip_at = {r.epoch: r.clip_norm for r in rundir.read_epochs(Path(run))} if moving else {}
     # The initialisation is rebuilt from the run's seed when the model is built from its
     # record or from the factory given; an instance's starting values were not recorded.
     rebuilt = model is None or is_factory(model)
@@ -349,7 +362,8 @@ def run_bias(
             init_model(cfg, data, objects) if epoch == 0
             else load_run(run, epoch=epoch, model=model).model
         )  # fmt: skip
-        points.append(measure(measured, x, labels, epoch=epoch, **kw))
+        c = clip_at.get(epoch, clip_norm) if moving else clip_norm
+        points.append(measure(measured, x, labels, epoch=epoch, clip_norm=c, **kw))
         num_params = sum(t.size for t in jax.tree.leaves(nnx.state(measured, nnx.Param)))
     return RunBias(
         run=str(run), activation=cfg.label, private=cfg.private, run_seed=cfg.seed,

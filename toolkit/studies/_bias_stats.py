@@ -104,6 +104,7 @@ class BiasPoint:
     layers: dict[str, LayerBias]
     ci: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # 95%
     replicates: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # R each
+    clip_norm: float | None = None  # the C clipped at (a quantile run's C_t at this epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,7 @@ class RunBias:
     activation: str
     private: bool
     run_seed: int  # the training run's seed (not the sample's)
-    clip_norm: float  # the C used here (a non-private run: the C given)
+    clip_norm: float  # the C used here (a non-private run: the C given; quantile: C_0)
     clipping: str
     sensitivity: float  # S: C flat, 1 automatic
     noise_multiplier: float  # sigma of the run (0: non-private)

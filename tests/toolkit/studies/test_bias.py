@@ -325,17 +325,55 @@ def test_bad_input_is_one_line_exit_2_nothing_written(kept_run, tmp_path):
     record["config"]["private"] = False
     (nonprivate / rundir.CONFIG).write_text(json.dumps(record))
     assert "give --clip-norm" in _error([str(nonprivate), "--out", str(out)])
-    per_layer = tmp_path / "per-layer"  # a rule with more than one C: not measured here
-    shutil.copytree(kept_run, per_layer)
-    record = json.loads((per_layer / rundir.CONFIG).read_text())
-    record["config"]["clipping"] = "per-layer"
-    (per_layer / rundir.CONFIG).write_text(json.dumps(record))
-    line = _error([str(per_layer), "--out", str(out)])
-    assert "clips with 'per-layer'; toolkit bias measures the rules flat, automatic" in line
     assert not [*tmp_path.glob("b.*"), *tmp_path.glob("b-*")]  # nothing written
 
 
 # --- runs of toolkit.fit --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["per-layer", "quantile"])
+def test_a_run_of_each_new_rule_is_measured_by_its_own_rule_and_clip_norm(rule, tmp_path):
+    """The study clips as training did: per-layer, gclip * n is the clipped sum of the
+    run's own `ClippedGradFn` on the same examples, and an example counts as clipped when
+    any layer is; quantile, each checkpoint is clipped at the C_t its run recorded then
+    (C_0 at the initialisation). Tolerance: float32 sums of 48 gradients, 1e-5 relative."""
+    x, y = zoo.vectors(48)
+    extra = {"quantile_lr": 1.0} if rule == "quantile" else {}
+    toolkit.fit(_factory, (x, y), optimizer=toolkit.optimizer("sgd", lr=0.1), batch_size=16,
+                epochs=2, clip_norm=0.05, clipping=rule, noise_multiplier=1.0, delta=1e-3,
+                keep_checkpoints=1, out=tmp_path / "run", **extra)  # fmt: skip
+    result = bias.run_bias(tmp_path / "run", bootstrap=0, train_data=(x, y))
+    assert [p.epoch for p in result.points] == [0, 1, 2]
+    if rule == "quantile":
+        recorded = [r.clip_norm for r in rundir.read_epochs(tmp_path / "run")]
+        assert [p.clip_norm for p in result.points] == pytest.approx([0.05, *recorded])
+        assert recorded[0] != 0.05
+        return
+    model = toolkit.load_run(tmp_path / "run", epoch=2).model
+    graphdef, params, state = toolkit.split_model(model)
+    fn = toolkit.clipped_grad(graphdef, clipping="per-layer", clip_norm=0.05,
+                              implementation="vmap")  # fmt: skip
+    out = fn(params, state, jnp.asarray(x), jnp.asarray(y))
+    sums, _ = bias.stream_sums(model, x, y, clip_norm=0.05, clipping="per-layer", chunk=20)
+    expected = np.concatenate([np.asarray(v, np.float64).ravel()
+                               for v in jax.tree.leaves(out.clipped_sum)])  # fmt: skip
+    np.testing.assert_allclose(sums.clipped[0], expected, rtol=1e-5, atol=1e-8)
+    _, g = cg.per_example_grads_fn(graphdef)(params, jnp.asarray(x), jnp.asarray(y), state)
+    layer_norms = [
+        np.sqrt(sum(np.sum(np.square(np.asarray(v).reshape(48, -1)), axis=1)
+                    for v in jax.tree.leaves(g[name])))
+        for name in ("fc1", "fc2")
+    ]  # fmt: skip
+    total = np.sqrt(layer_norms[0] ** 2 + layer_norms[1] ** 2)
+    c = float(np.median(total))  # a C that clips some examples and not others
+    any_clipped = np.mean((layer_norms[0] > c / math.sqrt(2)) | (layer_norms[1] > c / math.sqrt(2)))
+    assert 0 < any_clipped < 1 and any_clipped != np.mean(total > c)  # the rule matters here
+    sums, _ = bias.stream_sums(model, x, y, clip_norm=c, clipping="per-layer", chunk=20)
+    assert sums.clipped_count[0] / 48 == any_clipped
+
+
+def _factory(*, rngs: nnx.Rngs) -> nnx.Module:
+    return zoo.Mlp(rngs)
 
 
 @pytest.fixture(scope="module")
