@@ -159,7 +159,8 @@ def bias(
     runs: list[Path] = typer.Argument(
         ...,
         help="Run directories (toolkit train or toolkit.fit, with keep_checkpoints) whose "
-        "model and data are named: a registry name, a data file, or package.module:fn.",
+        "model and data are named: a registry name, a data file, or package.module:fn; or "
+        "OUT.json files of earlier measurements, read and shown with the rest.",
     ),
     sample: int = typer.Option(
         None, help="Training examples to measure on, drawn by --seed (default: all of them)."
@@ -180,7 +181,9 @@ def bias(
         help="C to clip at (default: the run's; needed for non-private runs: give the DP run's C).",
     ),
     out: Path = typer.Option(
-        ..., help="Writes OUT.json, OUT.png/.pdf (over training), OUT-relation.png/.pdf."
+        ...,
+        help="Writes OUT.json, OUT.md (tables), OUT.png/.pdf (over training), "
+        "OUT-relation.png/.pdf.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
@@ -188,9 +191,9 @@ def bias(
     clipped, cosine, norm ratio and projection of the mean clipped on the mean gradient,
     signal-to-noise of one step, per-layer shares, with bootstrap intervals. Diagnostics on
     private data, not covered by eps."""
-    from experiments import bias_plots
+    from experiments import bias_plots, bias_tables
     from toolkit import studies as bias_lib
-    from toolkit.base import outputs
+    from toolkit.base import atomic_write_text, outputs
     from toolkit.base.plotting import figure_files
 
     if sample is not None and not 1 <= sample <= 1_000_000:
@@ -208,21 +211,31 @@ def bias(
             f"--epochs={epochs!r} must be comma-separated epochs >= 0, e.g. 0,20,40."
         )
     relation = bias_plots.relation_path(out)
-    files = [*outputs.file_set(out, (".json",)), *figure_files(out), *figure_files(relation)]
+    files = [*outputs.file_set(out, (".json", ".md")), *figure_files(out),
+             *figure_files(relation)]  # fmt: skip
     outputs.check_files("--out", files, value=out, overwrite=overwrite)
+    measured = {r: bias_lib.read_json(r) for r in runs if r.suffix == ".json" and r.is_file()}
     for r in runs:  # every run checked before the first is measured
-        bias_lib.check_run(r, clip_norm=clip_norm, epochs=wanted)
+        if r not in measured:
+            bias_lib.check_run(r, clip_norm=clip_norm, epochs=wanted)
     results = [
-        bias_lib.run_bias(r, sample_size=sample, seed=seed, bootstrap=bootstrap, epochs=wanted,
-                          clip_norm=clip_norm)
+        result
         for r in runs
+        for result in measured.get(r) or [
+            bias_lib.run_bias(r, sample_size=sample, seed=seed, bootstrap=bootstrap,
+                              epochs=wanted, clip_norm=clip_norm)
+        ]
     ]  # fmt: skip
     for r in results:
         console.print(bias_plots.run_line(r), markup=False, highlight=False)
         for p in r.points:
             console.print("  " + bias_plots.point_line(r, p), markup=False, highlight=False)
+    table = outputs.file_set(out, (".md",))[0]
+    table.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(table, bias_tables.report(results))
     written = [
         bias_lib.write_json(results, out),
+        table,
         *bias_plots.bias_figure(results, out=out),
         *bias_plots.relation_figure(results, out=relation),
     ]

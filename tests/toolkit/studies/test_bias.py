@@ -264,7 +264,7 @@ def test_cli_bias_writes_json_and_figure_labelled_as_diagnostic(kept_run, tmp_pa
     assert result.exit_code == 0, result.output
     assert "not covered by eps" in result.output
     assert {p.name for p in out.parent.iterdir()} == {
-        "bias.json", "bias.png", "bias.pdf", "bias-relation.png", "bias-relation.pdf"
+        "bias.json", "bias.md", "bias.png", "bias.pdf", "bias-relation.png", "bias-relation.pdf"
     }  # fmt: skip
     # One line per point, with its intervals.
     lines = [ln for ln in result.output.splitlines() if ln.strip().startswith("e")]
@@ -288,6 +288,12 @@ def test_cli_bias_writes_json_and_figure_labelled_as_diagnostic(kept_run, tmp_pa
     other = bias.run_bias(kept_run, seed=1, bootstrap=30, epochs=[1])
     assert other.points[0].cosine == again.points[1].cosine
     assert other.points[0].replicates["cosine"] != again.points[1].replicates["cosine"]
+    # A measurement read back from its OUT.json is shown, not measured again.
+    out2 = tmp_path / "again"
+    result = runner.invoke(app, ["bias", str(out.with_suffix(".json")), "--out", str(out2)])
+    assert result.exit_code == 0, result.output
+    assert out2.with_suffix(".md").read_text() == out.with_suffix(".md").read_text()
+    assert bias.read_json(out2.with_suffix(".json")) == bias.read_json(out.with_suffix(".json"))
 
 
 def _error(args) -> str:
