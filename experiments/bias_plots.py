@@ -142,9 +142,10 @@ def _legend(ax, results: Sequence[RunBias]) -> None:
     for r in results:
         first.setdefault(r.label, r)
     handles = [
-        Line2D([], [], color=colours[lab], label=f"{lab} (C={r.clip_norm:g}, {_noise(r)})")
+        Line2D([], [], color=colours[lab], label=f"{lab} ({_noise(r)})" if r.private
+               else f"{lab} (C={r.clip_norm:g}, {_noise(r)})")
         for lab, r in sorted(first.items())
-    ]
+    ]  # fmt: skip
     handles += [Line2D([], [], color="0.3", linestyle=st, label=f"seed {s}")
                 for s, st in styles.items()]  # fmt: skip
     ax.legend(handles=handles, loc="upper left", frameon=False, fontsize=6)

@@ -100,7 +100,7 @@ def test_trace_figure_one_colour_per_label_one_style_per_seed_with_bands(results
     legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts]
     assert "seed 0" in legend and "seed 1" in legend
     assert "relu, non-private (C=0.1, no noise)" in legend
-    assert "tanh, DP-SGD (C=0.1, sigma=1, B=64)" in legend
+    assert "tanh, DP-SGD, C=0.1 (sigma=1, B=64)" in legend
     text = " ".join(" ".join(t.get_text() for t in fig.texts).split())  # unwrapped
     assert "not covered by eps" in text and "snr not drawn for runs without noise" in text
 

@@ -34,7 +34,8 @@ def test_differences_pair_other_labels_of_the_same_seed_on_the_same_examples(tmp
     other_examples = dataclasses.replace(_result(tmp_path, "elu-s0", "elu", 0), examples="y")
     table = bias_tables.difference_table([relu, tanh, other_seed, other_examples])
     rows = [r for r in table.splitlines()[2:]]
-    assert len(rows) == 3 and all("relu-s0 (relu, DP-SGD, seed 0) - tanh-s0" in r for r in rows)
+    assert len(rows) == 3
+    assert all("relu-s0 (relu, DP-SGD, C=0.1, seed 0) - tanh-s0" in r for r in rows)
     d = relu.points[2].fraction_clipped - tanh.points[2].fraction_clipped
     assert np.isclose(d, 0.05)
     assert f"| 4 | {d:.3g} [{d:.3g}, {d:.3g}]" in rows[2]

@@ -43,6 +43,7 @@ def audit(
     batch_size=RUN("Expected batch size B; q = B/(base+m)."), max_physical_batch=RUN,
     per_example=RUN, optimizer=RUN("sgd (default) or adam."), lr=RUN, momentum=RUN,
     clip_norm=RUN, clipping=RUN("flat (default), automatic, quantile or per-layer."),
+    layer_split=RUN, target_quantile=RUN, quantile_lr=RUN, count_noise=RUN,
     noise_multiplier=RUN,
     target_epsilon=RUN, delta=RUN("delta."), accountant=RUN("Headline accountant."),
     sampling=RUN, seed=RUN("Seeds training, canary labels, inclusion."),

@@ -67,7 +67,9 @@ OPTIONS: dict[str, Option] = {
     "optimizer": Option(str, "sgd or adam."),
     "lr": Option(float, "Learning rate."),
     "momentum": Option(float, "Heavy-ball momentum for sgd."),
-    "clip_norm": Option(float, "Per-example clipping norm C."),
+    "clip_norm": Option(
+        float, "Per-example clipping norm C (quantile: its start C_0; per-layer: the total)."
+    ),
     "clipping": Option(
         str,
         "flat (min(1, C/||g||)), automatic (Bu et al.), quantile (C follows a quantile of "

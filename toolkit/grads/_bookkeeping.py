@@ -484,27 +484,34 @@ def make_clipped_grad(
         # Norms and sums in full float32 precision on every backend (no TF32 on GPU): the
         # clip bound holds only if each norm matches the gradient it scales to rounding.
         with jax.default_matmul_precision("highest"):
-            sq = {}  # layer name -> (B,) squared norm of its kernel and bias gradients
+            sq = jnp.zeros(b, jnp.float32)  # the whole gradient's squared norm
+            sq_layers = {}  # layer name -> (B,) squared norm of its kernel and bias
             layers = []
             for (call, (a, kernel)), d in zip(operands, grads_out, strict=True):
+                # The name `toolkit.grads.clipping.layer_of` gives this layer's parameters;
+                # layers whose paths join to one name share one C_l, as on the vmap path.
                 name = "/".join(map(str, call.path))
                 bias = jnp.sum(d.reshape(b, -1, d.shape[-1]), axis=1) if call.use_bias else None
                 if _use_ghost(norm_rule, *_geometry(d, kernel.shape)):
-                    sq_layer = _ghost_sq_norms(call, a, d, kernel.shape)
+                    sq_kernel = _ghost_sq_norms(call, a, d, kernel.shape)
                     per_example = None
                 else:
                     per_example = _per_example_grads(call, a, d, kernel.shape)
-                    sq_layer = jnp.sum(jnp.square(per_example.reshape(b, -1)), axis=1)
-                if bias is not None:
-                    sq_layer += jnp.sum(jnp.square(bias), axis=1)
-                sq[name] = sq_layer
+                    sq_kernel = jnp.sum(jnp.square(per_example.reshape(b, -1)), axis=1)
+                sq_bias = None if bias is None else jnp.sum(jnp.square(bias), axis=1)
+                sq += sq_kernel
+                if sq_bias is not None:
+                    sq += sq_bias
+                if per_layer:
+                    part = sq_kernel if sq_bias is None else sq_kernel + sq_bias
+                    sq_layers[name] = sq_layers.get(name, 0.0) + part
                 layers.append((name, call, a, kernel, d, per_example, bias))
 
-            norms = jnp.sqrt(sum(sq.values(), jnp.zeros(b, jnp.float32)))
+            norms = jnp.sqrt(sq)
             if per_layer:
-                weights = weights_fn({name: jnp.sqrt(v) for name, v in sq.items()})
+                weights = weights_fn({name: jnp.sqrt(v) for name, v in sq_layers.items()})
             else:
-                weights = dict.fromkeys(sq, weights_fn(norms))
+                weights = dict.fromkeys((layer[0] for layer in layers), weights_fn(norms))
 
             def rows(v, w):  # zero dropped rows before any product: 0 * inf = NaN
                 v = jnp.where((w != 0).reshape((-1,) + (1,) * (v.ndim - 1)), v, 0.0)

@@ -207,7 +207,14 @@ class ClippedGradFn:
 
     def __call__(self, params, state, x, y, mask=None, keys=None, clip_norm=None) -> ClippedGrad:
         """`clip_norm` (a scalar, may be traced) clips at it instead of `self.clip_norm`:
-        the quantile rule's clip norm of the step."""
+        the quantile rule's clip norm of the step, whose privatizer scales the noise by it
+        (`toolkit.privacy._quantile`); refused under the other rules, whose `sensitivity`
+        is the fixed C."""
+        if clip_norm is not None and self.clipping != "quantile":
+            raise ToolkitError(
+                f"clip_norm= is the quantile rule's clip norm of a step; clipping="
+                f"{self.clipping!r} clips at its fixed C (its sensitivity)."
+            )
         random_state = randomness.has_keys(state)
         if keys is None and (random_state or self.augment is not None):
             raise ToolkitError(

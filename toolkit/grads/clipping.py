@@ -1,7 +1,8 @@
 """Per-example gradient clipping and the clipped sum (eq. 2 of the paper).
 
 The rules, g_i being example i's whole gradient (all parameters) and g_il its part in
-layer l (a layer's kernel and bias together, `layer_names`):
+layer l (the parameters with one parent path in the model, `layer_names`: a Linear's
+kernel and bias, a LayerNorm's scale and bias; a top-level parameter alone):
 
 - `flat`:      g_i <- g_i * min(1, C / ||g_i||)              sensitivity C
 - `automatic`: g_i <- g_i / (||g_i|| + gamma)  (Bu et al.)    sensitivity 1

@@ -7,11 +7,13 @@ sampled batch S, with B the expected batch size:
     s_t   = sum_{i in S} clip_{C_t}(g_i) + N(0, (sigma_g C_t)^2 I)     the gradient
     b_t   = sum_{i in S} (1[||g_i|| <= C_t] - 1/2) + N(0, sigma_b^2)   the centred count
     theta <- optimizer(theta, s_t / B)
-    C_t+1 = C_t exp(-eta (b_t / B + 1/2 - gamma))                      geometric update
+    C_t+1 = C_t exp(-eta ([b_t / B + 1/2]_0^1 - gamma))                geometric update
 
-gamma is the target quantile (the share of examples left unclipped) and eta the
-adaptation rate. Adding or removing one example moves s_t by at most C_t and b_t by at
-most 1/2 (the count is centred, as in TF Privacy's `QuantileAdaptiveClipSumQuery`).
+gamma is the target quantile (the share of examples left unclipped), eta the adaptation
+rate, and the noisy share is clamped to [0, 1] (as TF Privacy's `QuantileEstimatorQuery`
+does), so one step moves C by at most a factor exp(eta). Adding or removing one example
+moves s_t by at most C_t and b_t by at most 1/2 (the count is centred, as in TF
+Privacy's `QuantileAdaptiveClipSumQuery`).
 Scaled by their noise, the pair moves by at most sqrt(1 / sigma_g^2 + 1 / (2 sigma_b)^2):
 the step is one Gaussian mechanism, Poisson-subsampled, with noise multiplier
 
@@ -121,7 +123,7 @@ def quantile_privatizer(
         c = state.clip_norm
         noisy = add_gaussian_noise(step.clipped_sum, grad_key, sigma_g * c)
         count = step.unclipped + count_noise * jax.random.normal(count_key, (), jnp.float32)
-        unclipped_share = count / expected_batch_size + 0.5
+        unclipped_share = jnp.clip(count / expected_batch_size + 0.5, 0.0, 1.0)
         new_c = c * jnp.exp(-learning_rate * (unclipped_share - target_quantile))
         grads = jax.tree.map(lambda g: g / expected_batch_size, noisy)
         return grads, QuantileState(state.key, state.count + 1, new_c.astype(jnp.float32))

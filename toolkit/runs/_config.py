@@ -453,8 +453,9 @@ def resolve(cfg: RunConfig, *, num_examples: int) -> RunConfig:
     if not cfg.private:
         # Plain SGD: no clipping (flat rule with C = inf leaves every gradient as is).
         return dataclasses.replace(
-            cfg, clipping="flat", clip_norm=math.inf, noise_multiplier=0.0, target_epsilon=None
-        )
+            cfg, clipping="flat", clip_norm=math.inf, noise_multiplier=0.0, target_epsilon=None,
+            **{k: v for defaults in RULE_SETTINGS.values() for k, v in defaults.items()},
+        )  # fmt: skip
     if cfg.noise_multiplier is not None:
         return cfg
     sigma = calibrate_noise_multiplier(
@@ -464,6 +465,14 @@ def resolve(cfg: RunConfig, *, num_examples: int) -> RunConfig:
         steps=cfg.epochs * steps_per_epoch(num_examples, cfg.batch_size),  # the steps train runs
         delta=cfg.delta,
     )
+    if cfg.clipping == "quantile":
+        count = cfg.count_noise if cfg.count_noise is not None else cfg.batch_size / 20
+        _require(
+            2 * count > sigma,
+            f"target_epsilon={cfg.target_epsilon} calibrates noise_multiplier={sigma:.4g}, "
+            f"which clipping='quantile' splits with a count of noise std count_noise={count:g}: "
+            f"it must be > {sigma / 2:.4g}; give a larger --count-noise.",
+        )
     return dataclasses.replace(cfg, noise_multiplier=sigma)
 
 

@@ -56,6 +56,7 @@ from flax import nnx
 from toolkit import grads as cg
 from toolkit.base import ToolkitError, atomic_write_json, outputs
 from toolkit.grads import clipping as clip_lib
+from toolkit.privacy import gradient_noise
 from toolkit.runs import RunConfig, config_from_record, rundir
 from toolkit.studies._bias_stats import (
     DIAGNOSTIC_LABEL,
@@ -255,6 +256,11 @@ def check_run(
                 f"--epochs={e} is not a kept checkpoint of RUN_DIR={run}; expected 0 (the "
                 f"initialisation) or one of {', '.join(map(str, kept))}."
             )
+    if clip_norm is not None and cfg.private and cfg.clipping == "quantile":
+        raise ToolkitError(
+            f"--clip-norm={clip_norm}: RUN_DIR={run} clips with the quantile rule, and each "
+            "checkpoint is measured at the clip norm the run had then; drop --clip-norm."
+        )
     if clip_norm is None:
         if not cfg.private:
             raise ToolkitError(
@@ -269,7 +275,8 @@ def check_run(
 
 def step_noise(run: str | Path, cfg: RunConfig) -> StepNoise:
     """The noise of one step of the run: its resolved sigma (config.json, else summary.json;
-    0 for a non-private run) and its expected batch B."""
+    0 for a non-private run; the quantile rule: the gradient's sigma_g) and its expected
+    batch B."""
     sigma = cfg.noise_multiplier if cfg.private else 0.0
     if sigma is None:  # a record written before sigma was resolved into config.json
         summary = rundir.read_summary(Path(run))
@@ -279,6 +286,10 @@ def step_noise(run: str | Path, cfg: RunConfig) -> StepNoise:
             f"RUN_DIR={run} records no noise multiplier (config.json has none and there is "
             "no summary.json); the noise of its steps is unknown."
         )
+    if cfg.private and cfg.clipping == "quantile" and sigma > 0:
+        # the gradient's share of the step's sigma (the rest goes to the count)
+        count = cfg.count_noise if cfg.count_noise is not None else cfg.batch_size / 20
+        sigma = gradient_noise(float(sigma), count)
     return StepNoise(noise_multiplier=float(sigma), batch_size=float(cfg.batch_size))
 
 

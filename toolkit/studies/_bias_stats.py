@@ -131,7 +131,12 @@ class RunBias:
 
     @property
     def label(self) -> str:
-        return f"{self.activation}, {'DP-SGD' if self.private else 'non-private'}"
+        """What was trained and how it was clipped: "relu, DP-SGD, C=0.1", "tanh, DP-SGD,
+        per-layer C=0.1", "relu, non-private" (runs of one label differ only in seed)."""
+        if not self.private:
+            return f"{self.activation}, non-private"
+        rule = "" if self.clipping == "flat" else f"{self.clipping} "
+        return f"{self.activation}, DP-SGD, {rule}C={self.clip_norm:g}"
 
     @property
     def noiseless(self) -> bool:

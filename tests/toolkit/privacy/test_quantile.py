@@ -104,10 +104,11 @@ def test_the_gradient_noise_has_std_sigma_g_times_the_step_clip_norm():
 def test_the_clip_norm_moves_by_the_noisy_count_with_std_sigma_b():
     """C_1 = C_0 exp(-eta (b~ / B + 1/2 - gamma)): over 400 keys the recovered count b~
     has mean b (within 5 sigma_b / sqrt(400)) and std sigma_b (within 5 / sqrt(800) =
-    18%); a batch left entirely unclipped (b = B/2) shrinks C, one entirely clipped
-    (b = -B/2) grows it."""
+    18%); a batch three quarters unclipped (b = B/4, share 0.75 > gamma = 0.5) shrinks C,
+    one three quarters clipped grows it. The noisy share is clamped to [0, 1]: with a
+    count noise of 50 B, C never moves by more than exp(eta / 2) in one step."""
     b, eta, sigma_b = 100.0, 0.2, 4.0
-    for unclipped, direction in ((b / 2, -1), (-b / 2, 1)):
+    for unclipped, direction in ((b / 4, -1), (-b / 4, 1)):
         counts = []
         for seed in range(400):
             _, c1 = _release(seed, d=1, c0=1.0, sigma=1.0, sigma_b=sigma_b,
@@ -118,6 +119,10 @@ def test_the_clip_norm_moves_by_the_noisy_count_with_std_sigma_b():
         assert abs(counts.std() / sigma_b - 1) < 5 / math.sqrt(800)
         c_mean = math.exp(-eta * (unclipped / b))  # gamma = 1/2
         assert (c_mean - 1) * direction > 0
+    moves = [_release(seed, d=1, c0=1.0, sigma=1.0, sigma_b=50 * b, unclipped=0.0, b=b,
+                      eta=eta)[1] for seed in range(50)]  # fmt: skip
+    assert min(moves) == pytest.approx(math.exp(-eta / 2), rel=1e-6)
+    assert max(moves) == pytest.approx(math.exp(eta / 2), rel=1e-6)
 
 
 def test_centred_count_counts_real_rows_and_clipped_non_finite_norms():
