@@ -7,8 +7,8 @@ runs' summaries only: no training here.
   signal-to-noise ratio of one step, the mean pre-clip norm (log axis, with C).
 - `relation_figure`: each run's final test accuracy (`test_accuracy` of its summary.json)
   against the mean over its trained checkpoints (epoch >= 1) of fraction clipped,
-  projection / C, cosine and snr; one point per run, coloured by label, with the
-  bootstrap interval of that mean (the same weights at every checkpoint of a run).
+  projection / C, cosine, snr and the mean norm; one point per run, coloured by label,
+  with the bootstrap interval of that mean (the same weights at every checkpoint of a run).
 - `run_line`, `point_line`: a run and one point as the command prints them.
 
 Definitions: `toolkit.studies._bias_stats`. Every number drawn here is a diagnostic of
@@ -41,7 +41,7 @@ _TRACE_PANELS = (
     ("snr", "snr of one step: projection C / (sigma C / B)", "snr"),
     ("mean_grad_norm", "mean ||g_i|| (pre-clip, log scale)", "log"),
 )
-_RELATION_PANELS = _TRACE_PANELS[:4]
+_RELATION_PANELS = _TRACE_PANELS
 _SEED_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 _SHORT = {"fraction_clipped": "clipped", "projection": "proj/C", "cosine": "cos",
           "norm_ratio": "ratio", "snr": "snr"}  # fmt: skip
@@ -60,7 +60,8 @@ def _fmt(x: float) -> str:
 def run_line(result: RunBias) -> str:
     """The heading of a run's printed points: what it was measured at."""
     return (
-        f"{result.run} ({result.label}, C={result.clip_norm:g}, {_noise(result)}; "
+        f"{result.run} ({result.label}, "
+        f"{'' if result.private else f'C={result.clip_norm:g}, '}{_noise(result)}; "
         f"{result.sample_size} of {result.num_train} examples, R={result.bootstrap}):"
     )
 
@@ -233,7 +234,7 @@ def relation_figure(results: Sequence[RunBias], *, out: str | Path) -> list[Path
     colours = _colours(results)
     with_accuracy = [(r, a) for r in results if (a := _test_accuracy(r)) is not None]
     with plt.rc_context(PAPER_RC):
-        fig, axes = plt.subplots(1, len(_RELATION_PANELS), figsize=(10, 2.8), sharey=True)
+        fig, axes = plt.subplots(1, len(_RELATION_PANELS), figsize=(12, 2.8), sharey=True)
         for ax, (field, xlabel, kind) in zip(axes, _RELATION_PANELS, strict=True):
             drawn = []
             for r, accuracy in with_accuracy:

@@ -134,6 +134,9 @@ def test_printed_lines_show_intervals_and_a_run_without_noise(results):
     assert bias_plots.run_line(results[3]).endswith(
         "(relu, non-private, C=0.1, no noise; 100 of 100 examples, R=5):"
     )
+    assert bias_plots.run_line(results[0]).endswith(
+        "(tanh, DP-SGD, C=0.1, sigma=1, B=64; 100 of 100 examples, R=5):"
+    )
 
 
 def test_figures_are_written_beside_each_other(results, tmp_path):
