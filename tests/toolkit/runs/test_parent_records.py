@@ -40,8 +40,9 @@ def _is_eps(where: str) -> bool:
     return ".epsilon." in where or where.endswith(("epsilon", "epsilon_headline"))
 
 
-# Settings added after the parent commit (issue 12): a record may hold them, at these values.
-ADDED = RunConfig.HASH_DEFAULTS
+# Settings added after the parent commit (issue 12): a record may hold them, at these values;
+# and an epoch record's clip_norm, the quantile rule's C_t (None under the other rules).
+ADDED = {**RunConfig.HASH_DEFAULTS, "clip_norm": None}
 # Labels added after the parent commit: what a record holds that eps does not cover.
 LABELS = {"not_covered_by_dp"}
 
