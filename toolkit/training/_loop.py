@@ -124,7 +124,8 @@ class Loop:
             batch = self.devices.shard_batch((chunk_idx, chunk_mask))
             acc, n, loss = self.accumulate(
                 params, acc, self.train_x, self.train_y, *batch, self.state,
-                self.example_stream, np.uint32(step), self.example_ids, clip_norm=clip_norm,
+                self.example_stream, np.uint32(step), self.example_ids,
+                **({} if clip_norm is None else {"clip_norm": clip_norm}),
             )  # fmt: skip
             if clip_norm is not None:
                 unclipped = unclipped + _centred_count(n, batch[1], clip_norm)
