@@ -7,6 +7,7 @@ Registered on the `toolkit` command line through the entry point group
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -29,14 +30,29 @@ def sweep(
     spec: Path = typer.Argument(..., help="Sweep file (TOML: \\[base] and \\[grid] tables)."),
     root: Path = typer.Option(..., help="Directory that holds one run directory per grid point."),
     executor: str = typer.Option("local", help="local (process pool) or ray."),
-    workers: int = typer.Option(1, help="Local processes; each run uses all cores it is given."),
-    address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    workers: int = typer.Option(
+        1, help="Local processes (--executor local); each run uses all cores it is given."
+    ),
+    address: str = typer.Option(
+        None, help="Ray cluster address (--executor ray; default: start a local one)."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Run the points recorded as failed again."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, train nothing."),
 ) -> None:
     """Run a grid of configs; finished runs are skipped and unfinished ones resumed.
 
     The whole sweep (every grid point, the root, every run directory) is validated
     before the first run starts.
+
+    A point that fails when it runs (it diverges, or its settings or data turn out bad)
+    is recorded in ROOT/sweep-failures.json and the sweep goes on; every failure is
+    listed at the end. A re-run skips recorded failures unless --retry-failed (a diverged
+    point diverges again with the same settings). A point whose run directory another
+    process holds is left for the next run of the sweep.
+
+    Exit code: 0 when every point finished, 3 when a point diverged, else 2.
     """
     from experiments import sweep as sweep_lib
     from experiments.sweep_progress import SweepProgress
@@ -44,17 +60,24 @@ def sweep(
 
     if not 1 <= workers <= 1024:
         raise ToolkitError(f"--workers={workers} must be in [1, 1024].")
+    sweep_lib.check_executor(executor, workers, address, prefix="--")
     outputs.check_dir("--root", root)
     runs = sweep_lib.load(spec)
     if dry_run:
-        console.print("\n".join(sweep_lib.describe(runs, root)), markup=False, highlight=False)
+        lines = sweep_lib.describe(runs, root, retry_failed=retry_failed)
+        console.print("\n".join(lines), markup=False, highlight=False)
         return
-    sweep_lib.check_executor(executor, workers)
-    sweep_lib.plan(runs, root)
+    sweep_lib.plan(runs, root, retry_failed=retry_failed)
     with SweepProgress(len(runs), root) as progress:
-        sweep_lib.run_sweep(
-            runs, root, executor=executor, workers=workers, address=address, on_done=progress.done
-        )
+        results = sweep_lib.run_sweep(
+            runs, root, executor=executor, workers=workers, address=address,
+            retry_failed=retry_failed, on_done=progress.done,
+        )  # fmt: skip
+    for line in sweep_lib.report(progress.problems, root, len(runs)):
+        print(line, file=sys.stderr)
+    code = sweep_lib.exit_code(results)
+    if code:
+        raise typer.Exit(code)
 
 
 @one_line_errors

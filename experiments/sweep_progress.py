@@ -1,10 +1,13 @@
-"""Sweep-level progress: runs done of all, ETA, and the last run's accuracy and eps.
+"""Sweep-level progress: runs done of all, ETA, the last run's accuracy and eps, and how
+many points failed.
 
-`SweepProgress.done(name, status)` is `run_sweep`'s `on_done`. It reads what the run
-wrote (its summary.json: the records are the source of truth) and reports, on a
-terminal as a rich bar, otherwise as one plain line per run (cluster logs, pipes). The
-ETA is the mean wall time of the runs trained or resumed so far (skipped, finished runs
-take no time) times the runs left.
+`SweepProgress.done(name, status, message)` is `run_sweep`'s `on_done`. For a finished
+run it reads what the run wrote (its summary.json: the records are the source of truth);
+for a point that did not finish it shows the message, counts it and keeps it
+(`problems`, for the closing report). It reports on a terminal as a rich bar, otherwise
+as one plain line per run (cluster logs, pipes). The ETA is the mean wall time of the
+runs that ran so far (skipped points, finished or failed earlier, take no time) times
+the runs left.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class SweepProgress:
         self.stream = stream or sys.stderr
         self.rich = self.stream.isatty() if rich is None else rich
         self.done_count, self.worked, self.work_time = 0, 0, 0.0
+        self.problems: dict[str, tuple[str, str]] = {}  # name -> (status, message)
         self._last = time.perf_counter()
         self._bar = self._task = None
 
@@ -88,22 +92,35 @@ class SweepProgress:
             return "unknown"
         return _clock(self.work_time / self.worked * left)
 
-    def done(self, name: str, status: str) -> str:
-        """Record one finished run; returns (and shows) its progress line."""
+    def tally(self) -> str:
+        """'2 failed, 1 busy', or '' while every point finished."""
+        failed = sum(s != "busy" for s, _ in self.problems.values())
+        busy = len(self.problems) - failed
+        return ", ".join(f"{n} {what}" for n, what in ((failed, "failed"), (busy, "busy")) if n)
+
+    def done(self, name: str, status: str, message: str = "") -> str:
+        """Record one point that ended (a status of `run_sweep`, and its error if it did
+        not finish); returns (and shows) its progress line."""
         now = time.perf_counter()
-        if status != "skipped":
+        if status in ("trained", "resumed", "diverged", "failed"):  # it ran
             self.worked += 1
             self.work_time += now - self._last
         self._last = now
         self.done_count += 1
-        result = run_result(self.root / name)
+        if status in ("trained", "resumed", "skipped"):
+            result = run_result(self.root / name)
+        else:
+            result = message.rstrip(".")
+            self.problems[name] = (status, message)
+        tally = self.tally()
         line = (
             f"[{self.done_count}/{self.total}] {status} {self.root / name}"
-            f"{': ' + result if result else ''}; ETA {self.eta()}"
+            f"{': ' + result if result else ''}; ETA {self.eta()}{'; ' + tally if tally else ''}"
         )
         if self._bar is not None:
             self._bar.console.print(line, markup=False, highlight=False)
-            self._bar.update(self._task, advance=1, info=f"ETA {self.eta()}")
+            info = f"ETA {self.eta()}{', ' + tally if tally else ''}"
+            self._bar.update(self._task, advance=1, info=info)
         else:
             print(line, file=self.stream, flush=True)
         return line

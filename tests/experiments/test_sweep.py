@@ -3,7 +3,9 @@ nothing written. Also the dry run and the sweep-level progress lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import re
 
 import pytest
@@ -13,7 +15,7 @@ from experiments import sweep
 from experiments.sweep_progress import SweepProgress
 from tests.run_fakes import fake_run
 from toolkit.cli import app
-from toolkit.runs import rundir
+from toolkit.runs import RunConfig, rundir
 
 runner = CliRunner()
 GOOD = """
@@ -133,6 +135,14 @@ BAD_PLACES = {
     "unknown executor": (lambda t: (t / "s.toml", t / "root", ["--executor", "slurm"]),
                          "executor='slurm'"),
     "no workers": (lambda t: (t / "s.toml", t / "root", ["--workers", "0"]), "workers=0"),
+    "address of a local sweep": (
+        lambda t: (t / "s.toml", t / "root", ["--address", "10.0.0.7:6379"]),
+        "--address=10.0.0.7:6379 applies to --executor ray only",
+    ),
+    "workers of a ray sweep": (
+        lambda t: (t / "s.toml", t / "root", ["--executor", "ray", "--workers", "4"]),
+        "--workers=4 applies to --executor local only",
+    ),
 }  # fmt: skip
 
 
@@ -148,6 +158,14 @@ def test_bad_spec_or_root_is_one_line_exit_2_and_nothing_written(tmp_path, name)
     before = _snapshot(tmp_path)
     _one_error(_invoke([spec, "--root", root, *extra]), fragment)
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("extra", [["--address", "h:1"], ["--executor", "ray", "--workers", "2"]])
+def test_conflicting_executor_options_are_refused_by_a_dry_run_too(tmp_path, extra):
+    (tmp_path / "s.toml").write_text(GOOD)
+    _one_error(_invoke([tmp_path / "s.toml", "--root", tmp_path / "root", "--dry-run", *extra]),
+               "applies to --executor")  # fmt: skip
+    assert not (tmp_path / "root").exists()
 
 
 def test_dry_run_lists_each_run_its_action_and_what_differs(tmp_path):
@@ -211,3 +229,74 @@ def test_sweep_progress_counts_runs_eta_and_last_result(tmp_path, tty):
     assert re.search(r"ETA \d+:\d\d$", lines[2])
     out = stream.getvalue()
     assert all(line in out.replace("\n", "") or line in out for line in lines)
+
+
+def _record_failure(root, name, cfg, kind, error):
+    """A failure record as a sweep writes it (ROOT/sweep-failures.json)."""
+    root.mkdir(parents=True, exist_ok=True)
+    record = {"kind": kind, "error": error, "config": cfg.to_dict(), "time": "2025-01-01T00:00:00"}
+    (root / sweep.FAILURES).write_text(json.dumps({name: record}))
+
+
+def test_plan_skips_recorded_failures_of_the_same_config_only(tmp_path):
+    runs = sweep.expand({"base": {"noise_multiplier": 1.0}, "grid": {"seed": [0, 1]}})
+    (a, cfg), (b, _) = runs
+    _record_failure(tmp_path, a, cfg, "error", "--data='x.npz' is not a file.")
+    assert sweep.plan(runs, tmp_path) == {a: "failed", b: "train"}
+    assert sweep.plan(runs, tmp_path, retry_failed=True) == {a: "train", b: "train"}
+    lines = sweep.describe(runs, tmp_path)
+    assert lines[0].endswith("0 finished (skipped), 1 failed earlier (skipped; --retry-failed "
+                             "runs them)")  # fmt: skip
+    (row,) = [i for i, line in enumerate(lines) if f"{a}:" in line]
+    assert lines[row].split()[0] == "failed"
+    assert lines[row + 1] == "        failed earlier: --data='x.npz' is not a file."
+    # Another config under the same name (a changed [base]): the record is not about it.
+    changed = [(n, dataclasses.replace(c, lr=0.05)) for n, c in runs]
+    assert sweep.plan(changed, tmp_path) == {a: "train", b: "train"}
+    # A finished run is skipped whatever the record says.
+    fake_run(tmp_path / a, seed=0)
+    done = [(a, RunConfig.from_dict(rundir.read_config(tmp_path / a)["requested"]))]
+    _record_failure(tmp_path, a, done[0][1], "diverged", "training diverged in epoch 2.")
+    assert sweep.plan(done, tmp_path) == {a: "skip"}
+
+
+def test_a_run_directory_holding_only_a_lock_file_is_trained(tmp_path):
+    runs = sweep.expand({"base": {"noise_multiplier": 1.0}, "grid": {"seed": [0]}})
+    (tmp_path / "seed=0").mkdir()
+    (tmp_path / "seed=0" / ".lock").write_text("123\n")
+    assert sweep.plan(runs, tmp_path) == {"seed=0": "train"}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [(["trained", "skipped", "resumed"], 0), (["trained", "failed"], 2), (["busy"], 2),
+     (["failed earlier", "trained"], 2), (["failed", "diverged earlier"], 3),
+     (["diverged", "busy"], 3)],
+)  # fmt: skip
+def test_exit_code_3_if_a_point_diverged_else_2_if_one_did_not_finish(statuses, code):
+    assert sweep.exit_code({str(i): s for i, s in enumerate(statuses)}) == code
+
+
+def test_sweep_progress_counts_and_shows_failed_points(tmp_path):
+    fake_run(tmp_path / "a", accs=(0.5, 0.8125), eps=(1.0, 2.5))
+    stream = io.StringIO()
+    with SweepProgress(4, tmp_path, stream=stream, rich=False) as progress:
+        lines = [progress.done("x", "failed earlier", "--data='x.npz' is not a file."),
+                 progress.done("a", "trained"),
+                 progress.done("d", "diverged", "training diverged in epoch 2."),
+                 progress.done("b", "busy", "b is in use (pid 7).")]  # fmt: skip
+    assert lines[0] == (
+        f"[1/4] failed earlier {tmp_path / 'x'}: --data='x.npz' is not a file; ETA unknown; "
+        "1 failed"
+    )
+    assert lines[1].startswith(f"[2/4] trained {tmp_path / 'a'}: test acc 0.8125")
+    assert lines[1].endswith("; 1 failed")
+    assert lines[2].startswith(f"[3/4] diverged {tmp_path / 'd'}: training diverged in epoch 2;")
+    assert lines[2].endswith("; 2 failed")
+    assert lines[3].startswith(f"[4/4] busy {tmp_path / 'b'}: b is in use (pid 7);")
+    assert lines[3].endswith("; 2 failed, 1 busy")
+    assert progress.problems == {
+        "x": ("failed earlier", "--data='x.npz' is not a file."),
+        "d": ("diverged", "training diverged in epoch 2."),
+        "b": ("busy", "b is in use (pid 7)."),
+    }
