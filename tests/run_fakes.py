@@ -34,7 +34,7 @@ def fake_run(
     With `model` other than "paper-cnn" (your own model) the run has no activation and
     records no first_conv_activation_norm, as such a run of `toolkit.fit` does.
     """
-    settings = {"noise_multiplier": 1.0, **settings}
+    settings = {"noise_multiplier": 1.0 if settings.get("private", True) else None, **settings}
     paper = settings.get("model", "paper-cnn") == "paper-cnn"
     settings["activation"] = ActivationSpec(settings.get("activation", "tanh")) if paper else None
     settings["epochs"] = len(accs)

@@ -1,5 +1,5 @@
 """Models that users write, small enough to compile in seconds: the neighbour test's zoo,
-and the factories and models of the run tests (`tiny_mlp`, `Logit`).
+and the factories, models and losses of the run tests (`tiny_mlp`, `Logit`, `nan_loss`).
 
 Each entry of `ZOO` is `(make_model, make_data)`: `make_model()` builds the model from
 fixed seeds (`nnx.Rngs(0)`, as the README example does: the model's own key is not
@@ -229,6 +229,12 @@ class Logit(nnx.Module):
 
     def __call__(self, x):
         return self.fc(x)
+
+
+def nan_loss(outputs, labels):
+    """A loss that is never finite: a run with it diverges in its first epoch."""
+    del labels
+    return jnp.full(outputs.shape[:1], jnp.nan, outputs.dtype)
 
 
 ZOO = {

@@ -1,4 +1,5 @@
-"""The bottom layer: errors, atomic file writes, quiet logs, and the names settings take.
+"""The bottom layer: errors, atomic file writes, NumPy/JAX scalars as numbers, quiet logs,
+and the names settings take.
 
 Public modules: `choices` (the allowed names of each setting), `outputs` (what a command
 may write, overwrite and check), `plotting` (figures as PNG and PDF; imports matplotlib).
@@ -13,6 +14,7 @@ from toolkit.base._io import (
     default_mode,
 )
 from toolkit.base._logs import NOISY_PREFIXES, AccountingNoiseFilter, quiet_accounting_logs
+from toolkit.base._numbers import plain_fields, plain_number
 
 __all__ = [
     "NOISY_PREFIXES",
@@ -23,5 +25,7 @@ __all__ = [
     "atomic_write_text",
     "current_umask",
     "default_mode",
+    "plain_fields",
+    "plain_number",
     "quiet_accounting_logs",
 ]

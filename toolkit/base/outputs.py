@@ -76,9 +76,10 @@ def check_files(
                 raise ToolkitError(f"{option}={shown}: {path} is not writable.")
 
 
-def check_new_dir(option: str, path: Path, *, hint: str = "") -> None:
-    """`path` can hold a new run: absent, or an empty directory, and creatable."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+def check_new_dir(option: str, path: Path, *, hint: str = "", ignore: Sequence[str] = ()) -> None:
+    """`path` can hold a new run: absent, or an empty directory (but for the names in
+    `ignore`), and creatable."""
+    if path.exists() and (not path.is_dir() or any(p.name not in ignore for p in path.iterdir())):
         what = "is not a directory" if not path.is_dir() else "exists and is not empty"
         raise ToolkitError(f"{option}={path} {what}; choose a new directory{hint}.")
     _creatable_dir(option, path, path)

@@ -17,10 +17,12 @@ from rich.table import Table
 
 from toolkit.base import ToolkitError
 from toolkit.cli._errors import one_line_errors
+from toolkit.cli._group import ToolkitGroup
 from toolkit.cli._inputs import given_options, show_defaults, train_defaults
 from toolkit.cli._options import RUN, run_config, run_options
 
 app = typer.Typer(
+    cls=ToolkitGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -44,7 +46,7 @@ def train(
     target_quantile=RUN, quantile_lr=RUN, count_noise=RUN, noise_multiplier=RUN,
     target_epsilon=RUN, delta=RUN, accountant=RUN, sampling=RUN, seed=RUN, limit_train=RUN,
     data_dir=RUN, validation=RUN, ema_decay=RUN, lr_schedule=RUN, warmup_epochs=RUN,
-    augmult=RUN, weight_standardization=RUN, keep_checkpoints=RUN, no_privacy=RUN,
+    augmult=RUN, weight_standardization=RUN, keep_checkpoints=RUN, eval_every=RUN, no_privacy=RUN,
     preset=RUN, out=RUN,
     resume: Path = typer.Option(None, help="Continue the run in this directory (no other flag)."),
     config_file=RUN, quiet=RUN,

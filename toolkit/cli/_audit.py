@@ -115,7 +115,7 @@ def _print_table(record: dict, out) -> None:
     )
     table.add_row("consistent", "yes" if record.consistent else "NO: see the error below")
     table.add_row("test accuracy", f"{record.test_accuracy:.4f}")
-    table.add_row("train time", f"{record.train_time_s:.1f} s")
+    table.add_row("train time", f"{record.train_time_s:.1f} s (epochs and compilation, not set-up)")
     table.add_row(
         "not covered by eps",
         "the canaries' inclusion bits (the 'in' count, canaries.npz), hence the guesses and "

@@ -55,6 +55,8 @@ def main() -> None:
 def run(app, args: list[str]) -> int:
     """Run the typer `app`; a usage error (unknown option, a value of the wrong type) is one
     `error: ...` line and exit 2, as every other bad input is (`toolkit.cli._errors`)."""
+    from typer import Abort
+
     try:  # typer >= 0.2x vendors click
         from typer._click import exceptions as click
     except ImportError:  # pragma: no cover
@@ -66,11 +68,13 @@ def run(app, args: list[str]) -> int:
         print(e.ctx.get_help() if e.ctx else e.format_message(), file=sys.stderr)
         return 2
     except click.ClickException as e:
-        command = e.ctx.command_path if getattr(e, "ctx", None) else "toolkit"
+        command = getattr(e, "command_path", None) or (
+            e.ctx.command_path if getattr(e, "ctx", None) else "toolkit"
+        )
         message = " ".join(e.format_message().split())
         print(f"error: {message} (see {command} --help)", file=sys.stderr)
         return e.exit_code
-    except click.Abort:
+    except Abort:
         print("error: aborted.", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0

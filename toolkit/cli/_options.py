@@ -108,6 +108,9 @@ OPTIONS: dict[str, Option] = {
     "keep_checkpoints": Option(
         int, "Also keep checkpoint-epoch{E}.npz every K epochs (for toolkit bias)."
     ),
+    "eval_every": Option(
+        int, "Evaluate the held-out split after every K-th epoch (and the last) only."
+    ),
     "no_privacy": Option(bool, "C=inf, sigma=0, same path.", "--no-privacy", default=False),
     "preset": Option(str, "Start from a paper setting; flags override it."),
     "out": Option(Path, "Run directory to create (config, epochs, summary)."),

@@ -3,7 +3,8 @@
 `locate` finds one dataset's files; `toolkit.data._datasets` parses them. Where the files are looked
 for, in order (the first complete set wins):
 
-1. the `data_dir` argument (the CLI's `--data-dir`);
+1. the `data_dir` argument (the CLI's `--data-dir`): when given, the only place looked in
+   (a run records it, so the files must come from there; nothing is downloaded);
 2. the directory in `$TOOLKIT_DATA_DIR`;
 3. the user cache, `platformdirs.user_cache_dir("tempered-dp-toolkit")`;
 4. for Fashion-MNIST, the Debian package directory `/usr/share/datasets/fashion-mnist`.
@@ -160,7 +161,8 @@ def locate(
 
     Args:
         name: One of `DATASETS`.
-        data_dir: A directory searched first; it must exist.
+        data_dir: The directory that holds the files; when given, no other place is
+            searched and nothing is downloaded.
         download: Whether to download the canonical files into the cache if none are found.
         verify: Whether the files' SHA-256 digests are to be checked when read. `None` checks
             files in the cache only (downloads included); `True` checks every file and refuses
@@ -179,6 +181,15 @@ def locate(
         raise ToolkitError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
     strict = verify is True
     places = _search_path(name, data_dir)
+    if data_dir is not None:  # the user's choice, recorded by the run: no fallback
+        files = _find(name, places[0][1], allow_partial=False)
+        if files is None:
+            raise ToolkitError(
+                f"data_dir={os.fspath(data_dir)} holds no {name} files "
+                f"({', '.join(_SHA256[name])}, there or in {name}/); point it at the "
+                "directory holding them, or leave it out to search the usual places."
+            )
+        return DataFiles(name, tuple(files), check=verify is True, strict=strict)
     for _, base, cache in places:
         files = _find(name, base, allow_partial=cache)
         if files is not None:

@@ -19,7 +19,7 @@ import math
 
 from dp_accounting import dp_event
 
-from toolkit.base import ToolkitError
+from toolkit.base import ToolkitError, plain_fields
 from toolkit.privacy import accounting
 from toolkit.privacy._calibration import calibrate_noise_multiplier
 from toolkit.privacy._sampling import SAMPLINGS, steps_per_epoch
@@ -48,6 +48,7 @@ class PrivacyParams:
     sampling: str = "poisson"
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # NumPy and JAX scalars as Python numbers
         if not (isinstance(self.num_examples, int) and self.num_examples >= 1):
             raise ToolkitError(f"num_examples={self.num_examples!r} must be an integer >= 1.")
         if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= self.num_examples):

@@ -31,6 +31,7 @@ from toolkit.runs._records import (
     RunSummary,
     jsonable,
 )
+from toolkit.runs.rundir import RunDirBusy, claim
 
 __all__ = [
     "AUDIT_NOT_COVERED",
@@ -49,8 +50,10 @@ __all__ = [
     "GradNormStats",
     "RecordError",
     "RunConfig",
+    "RunDirBusy",
     "RunSummary",
     "check_types",
+    "claim",
     "config_from_record",
     "did_you_mean",
     "from_flags",

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from toolkit.base import ToolkitError, specs
+from toolkit.base import ToolkitError, plain_fields, specs
 from toolkit.base.choices import (
     CLIPPING_RULES,
     IMPLEMENTATIONS,
@@ -91,6 +91,7 @@ class RunConfig:
     augmult: int = 0  # K >= 1: K random shift/flip views per example, averaged before clipping
     weight_standardization: bool = False  # scaled WS of the conv kernels (toolkit.nn._models)
     keep_checkpoints: int = 0  # K >= 1: also keep checkpoint-epoch{E}.npz every K epochs
+    eval_every: int = 1  # evaluate the held-out split after every K-th epoch and the last
     model: str = "paper-cnn"  # a name in MODELS, package.module:factory, or python:<class>
     loss: str = "softmax_cross_entropy"  # a name in LOSSES, package.module:fn, or python:
     classification: bool = True  # evaluate accuracy (by argmax, or by sign for one logit)
@@ -108,10 +109,13 @@ class RunConfig:
     # fields existed keep their hash (and resume).
     HASH_DEFAULTS: ClassVar[dict[str, Any]] = {
         "validation": 0, "ema_decay": None, "lr_schedule": "constant", "warmup_epochs": 0,
-        "augmult": 0, "weight_standardization": False, "keep_checkpoints": 0,
+        "augmult": 0, "weight_standardization": False, "keep_checkpoints": 0, "eval_every": 1,
         "model": "paper-cnn", "loss": "softmax_cross_entropy", "classification": True,
         **RULE_SETTINGS["per-layer"], **RULE_SETTINGS["quantile"],
     }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        plain_fields(self)  # np.int64(128) is 128: records hold Python numbers
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -389,6 +393,10 @@ def validate(cfg: RunConfig, *, num_examples: int | None = None) -> None:
         f"validation={cfg.validation} must be in [0, {MAX_BATCH}].",
     )
     _require(
+        1 <= cfg.eval_every <= MAX_EPOCHS,
+        f"eval_every={cfg.eval_every} must be in [1, {MAX_EPOCHS}] (1: after every epoch).",
+    )
+    _require(
         0 <= cfg.keep_checkpoints <= cfg.epochs,
         f"keep_checkpoints={cfg.keep_checkpoints} must be in [0, epochs={cfg.epochs}] (0: off).",
     )
@@ -405,6 +413,13 @@ def validate(cfg: RunConfig, *, num_examples: int | None = None) -> None:
         cfg.ema_decay is None or (math.isfinite(cfg.ema_decay) and 0 < cfg.ema_decay < 1),
         f"ema_decay={cfg.ema_decay} must be in (0, 1).",
     )
+    if not cfg.private:
+        _require(
+            cfg.target_epsilon is None and cfg.noise_multiplier in (None, 0.0),
+            f"private=false runs without noise, so it takes no target_epsilon or "
+            f"noise_multiplier (got target_epsilon={cfg.target_epsilon}, noise_multiplier="
+            f"{cfg.noise_multiplier}); drop them, or make the run private.",
+        )
     if cfg.private:
         _require(
             (cfg.noise_multiplier is None) != (cfg.target_epsilon is None),
@@ -553,8 +568,8 @@ def from_flags(
             f"--clip-norm={flags['clip_norm']} has no effect with --clipping automatic, which "
             "normalises g/(||g||+gamma) (sensitivity 1); drop --clip-norm."
         )
-    if no_privacy:
-        settings["private"] = False
+    if no_privacy:  # a preset's or file's sigma or target eps is the private twin's
+        settings.update(private=False, noise_multiplier=None, target_epsilon=None)
     return RunConfig(**settings)
 
 

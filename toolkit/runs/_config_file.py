@@ -73,6 +73,7 @@ def _read(path: Path) -> dict[str, Any]:
                 f"--config={path} is a {kind!r} run (toolkit.fit, before runs had one format): "
                 "its model and data were given in Python; re-run it from Python."
             )
+        _check_unedited(path, record)
         settings = dict(record.get("requested") or record["config"])
         given = [f"{k}={v}" for k, v in settings.items() if _in_python(v)]
         if given:
@@ -88,6 +89,25 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ToolkitError(f"--config={path} is not valid TOML ({e}).") from None
+
+
+def _check_unedited(path: Path, record: dict[str, Any]) -> None:
+    """The run's resolved `config` still has its recorded hash: an edit there would be
+    ignored (the `requested` block is what re-runs), so it is an error instead."""
+    from toolkit.runs.rundir import config_hash
+
+    if "config_hash" not in record or not isinstance(record.get("config"), dict):
+        return
+    try:
+        same = config_hash(RunConfig.from_dict(record["config"])) == record["config_hash"]
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ToolkitError(
+            f"--config={path}: its 'config' was edited after the run (it no longer matches "
+            "config_hash), and a run's config.json re-runs its 'requested' settings; give "
+            "the change as a flag, or write it in a TOML settings file."
+        )
 
 
 def _in_python(value: Any) -> bool:

@@ -9,6 +9,7 @@
                         path in the tree ("params/conv1/kernel"), PRNG key, step, history
     DIR/checkpoint-epoch{E}.npz  with --keep-checkpoints K: a copy of checkpoint.npz as it
                         was after epoch E, for every E divisible by K (`toolkit bias`)
+    DIR/.lock           while a process trains or resumes the run (`claim`): its pid
 
 This module is the only place where records become JSON and back (`record_to_json`,
 `record_from_json`), and where checkpoints are written and read.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -45,6 +47,11 @@ from typing import Any
 
 import jax
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None
 
 from toolkit.base import ToolkitError, atomic_write_bytes, atomic_write_json, atomic_write_text
 from toolkit.runs._records import (
@@ -65,6 +72,7 @@ CONFIG, EPOCHS, SUMMARY, CHECKPOINT = (
 # Version of the checkpoint layout. 1: leaves "leaf_0..N" of (params, opt_state), no model
 # state, no privatizer state (before the library API); 2: arrays named by tree path.
 CHECKPOINT_FORMAT = 2
+LOCK = ".lock"  # held (flock) by the process that trains or resumes the run
 KEPT_PREFIX = "checkpoint-epoch"  # kept checkpoints: checkpoint-epoch{E}.npz
 # The label in every checkpoint's meta (`not_covered_by_dp`); older checkpoints lack it.
 CHECKPOINT_NOT_COVERED = (
@@ -132,7 +140,116 @@ def prepare_new(out: Path) -> None:
     """Check that `out` can hold a new run: absent, or an empty directory, and writable."""
     from toolkit.base.outputs import check_new_dir
 
-    check_new_dir("--out", out, hint=f", or continue a run with --resume {out}")
+    check_new_dir("--out", out, hint=f", or continue a run with --resume {out}", ignore=(LOCK,))
+
+
+class RunDirBusy(ToolkitError):
+    """Another live process trains or resumes the run in this directory."""
+
+
+@contextlib.contextmanager
+def claim(out: Path, *, new: bool) -> Iterator[None]:
+    """Hold `out` for this process while the block runs: no second process trains or
+    resumes it meanwhile (`RunDirBusy`, naming the holder's pid).
+
+    `new`: `out` must be able to hold a new run (`prepare_new`); it is created at once,
+    so a path that cannot be a directory fails before any data is loaded, and checked
+    again once held (another process may have written a run there first). If the block
+    fails before config.json exists, what this call created is removed again: a bad
+    setting leaves nothing behind. The lock is an flock on DIR/.lock, released by the
+    kernel when the process dies, so a killed run never leaves its directory locked.
+    """
+    if new:
+        prepare_new(out)
+    made = _make_dirs(out) if new else []
+    try:
+        fd = _lock(out, option="--out" if new else "--resume")
+    except BaseException:
+        _remove_made(made)
+        raise
+    try:
+        if new:
+            prepare_new(out)
+        yield
+    except BaseException:
+        if new and not (out / CONFIG).exists():
+            with contextlib.suppress(OSError):
+                (out / LOCK).unlink()
+            _remove_made(made)
+        raise
+    finally:
+        _unlock(out, fd)
+
+
+def _make_dirs(out: Path) -> list[Path]:
+    """Create `out` and its missing parents; the ones created, deepest first."""
+    made = []
+    for p in [out.absolute(), *out.absolute().parents]:
+        if p.exists():
+            break
+        made.append(p)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_made(made)
+        raise ToolkitError(
+            f"--out={out} cannot be created ({e.strerror or e}); choose a directory you can "
+            "write to."
+        ) from None
+    return made
+
+
+def _remove_made(made: list[Path]) -> None:
+    for p in made:  # deepest first; only while empty
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+def _lock(out: Path, *, option: str) -> int | None:
+    """An exclusive flock on out/.lock holding this pid; RunDirBusy if another has it."""
+    if fcntl is None:
+        return None
+    path = out / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ToolkitError(
+                f"{option}={out} is not writable ({e.strerror or e}); choose a directory you "
+                "can write to."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunDirBusy(
+                    f"{out} is in use: another toolkit process (pid {holder}) is training or "
+                    "resuming the run there; wait for it, or choose another directory."
+                ) from None
+            raise
+        # The holder before us may have removed the file after we opened it: retry on the
+        # file that is there now.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _unlock(out: Path, fd: int | None) -> None:
+    """Remove the lock file (still holding it, so no one else holds that file) and let go."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        if os.stat(out / LOCK).st_ino == os.fstat(fd).st_ino:
+            (out / LOCK).unlink()
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -209,6 +326,38 @@ def read_epochs(out: Path) -> list[EpochRecord]:
         ]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"{path} is corrupt ({e}).") from None
+
+
+def check_records_kept(out: Path, *, checkpoint_epoch: int | None, epochs: int) -> None:
+    """Resuming can keep every finished record of `out`, or a one-line ToolkitError.
+
+    Resume rewrites epochs.jsonl from the checkpoint's history and summary.json when the
+    run ends; records the checkpoint does not hold (epochs.jsonl lines past its epoch, a
+    summary of a run the checkpoint has not finished, records without a checkpoint)
+    would be retrained and overwritten, so the run is not resumed.
+    """
+    path = out / EPOCHS
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path} cannot be read ({e}).") from None
+    held = checkpoint_epoch or 0
+    summary = (out / SUMMARY).exists()
+    lost = []
+    if len(lines) > held:
+        lost.append(f"{EPOCHS} has {len(lines)} finished epoch(s)")
+    if summary and held < epochs:
+        lost.append(f"{SUMMARY} records the finished run")
+    if lost:
+        has = (
+            f"{CHECKPOINT} holds {held}"
+            if checkpoint_epoch is not None
+            else f"{CHECKPOINT} is missing"
+        )
+        raise ToolkitError(
+            f"--resume={out}: {' and '.join(lost)}, but {has}; resuming would retrain and "
+            "overwrite those records. Move the run away, or start a new run with --out."
+        )
 
 
 def write_summary(out: Path, summary: RunSummary) -> None:

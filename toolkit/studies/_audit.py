@@ -51,7 +51,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -63,6 +62,7 @@ from flax import nnx
 from toolkit import grads
 from toolkit import training as train_lib
 from toolkit.base import ToolkitError, atomic_write_bytes, default_mode
+from toolkit.base.outputs import check_new_dir
 from toolkit.data import Dataset
 from toolkit.privacy import NON_PRIVATE_LABEL, accounting
 from toolkit.runs import AuditRecord, RunConfig, resolve, rundir
@@ -105,7 +105,7 @@ def make_canaries(data: Dataset, *, base: int, m: int, seed: int) -> Canaries:
 
 def train_with_canaries(
     cfg: RunConfig, data: Dataset, canaries: Canaries, *, progress: bool = False
-) -> tuple[nnx.Module, int]:
+) -> tuple[nnx.Module, int, float]:
     """DP-SGD on the base set plus the included canaries, with `q` fixed by all slots.
 
     `cfg` must be resolved for ``N = base + m`` examples. This is `toolkit train`'s loop
@@ -114,18 +114,21 @@ def train_with_canaries(
     excluded canaries, so they never touch the model.
 
     Returns:
-        `(trained model, steps)`.
+        `(trained model, steps, train time)`: the seconds of the epochs and the step's
+        compilation, as a run's summary counts them (set-up, such as the model and the
+        per-example check, is not counted).
     """
     images = np.concatenate([data.train_images, canaries.images])
     labels = np.concatenate([data.train_labels, canaries.labels])
     present = np.concatenate([np.ones(len(data.train_labels), bool), canaries.included])
     universe = dataclasses.replace(data, train_images=images, train_labels=labels)
     s = train_lib.setup(cfg, universe, select=lambda idx: idx[present[idx]], evaluate=False)
-    params, _, _ = s.loop.run(
+    params, _, history = s.loop.run(
         s.params, s.opt_state, progress=progress_display(progress, "audit training")
     )
     model = grads.merge(s.loop.graphdef, params, s.loop.state)
-    return model, s.loop.epochs * s.loop.steps_per_epoch
+    seconds = sum(r.epoch_time_s + (r.compile_time_s or 0.0) for r in history)
+    return model, s.loop.epochs * s.loop.steps_per_epoch, seconds
 
 
 def _losses_and_correct(
@@ -177,7 +180,7 @@ def run_audit(
         shows with probability at most ``1 - confidence``.
     """
     if out is not None:
-        rundir.prepare_new(out)
+        check_new_dir("--out", out)
     check_confidence(confidence)
     if not (isinstance(canaries, int) and canaries >= 2):
         raise ToolkitError(f"canaries={canaries!r} must be an integer >= 2.")
@@ -206,9 +209,7 @@ def run_audit(
     )
     canary = make_canaries(full, base=base, m=canaries, seed=cfg.seed)
 
-    t0 = time.perf_counter()
-    model, steps = train_with_canaries(cfg, data, canary, progress=progress)
-    train_time = time.perf_counter() - t0
+    model, steps, train_time = train_with_canaries(cfg, data, canary, progress=progress)
     loss_fn = train_lib.loss_of(cfg, train_lib.Objects())
     losses, _ = _losses_and_correct(model, full, canary.images, canary.labels, loss_fn)
     _, test_correct = _losses_and_correct(model, full, full.test_images, full.test_labels, loss_fn)

@@ -99,6 +99,15 @@ class Loop:
     metrics: Sequence[MetricFn] = ()
     select: Callable[[np.ndarray], np.ndarray] | None = None
     lr_hint: str = ""  # appended to the divergence message
+    checkpoint_dir: str | None = None  # where each finished epoch's checkpoint is written
+
+    def _kept(self, finished: int) -> str:
+        """What a diverged run leaves in its directory, after `finished` epochs."""
+        if self.checkpoint_dir is None:
+            return ""
+        if finished == 0:
+            return f"; no epoch finished, so {self.checkpoint_dir} holds no checkpoint"
+        return f"; the checkpoint of epoch {finished} is kept in {self.checkpoint_dir}"
 
     def epsilons(self) -> list[dict[str, float | None]]:
         from toolkit.privacy import accounting
@@ -195,7 +204,7 @@ class Loop:
                     raise TrainingDiverged(
                         f"training diverged in epoch {epoch + 1}: the parameters or the train "
                         f"loss of every example are not finite (when a run stops depends on the "
-                        f"private data: not covered by eps){self.lr_hint}."
+                        f"private data: not covered by eps){self.lr_hint}{self._kept(epoch)}."
                     )
                 ctx = EpochContext(
                     epoch + 1, (epoch + 1) * spe, self.graphdef, params, self.state,

@@ -114,6 +114,7 @@ def build_loop(
     metric_hooks: Sequence[MetricFn] = (),
     select: Callable[[np.ndarray], np.ndarray] | None = None,
     lr_hint: str = "",
+    checkpoint_dir: str | None = None,
 ) -> tuple[Loop, Any, Any]:
     """The `Loop` of a resolved config, its initial params and optimizer state.
 
@@ -154,7 +155,7 @@ def build_loop(
         steps_per_epoch=steps_per_epoch(n, cfg.batch_size),  # what `privacy` counts, N // B
         epochs=cfg.epochs, sampling=cfg.sampling, accountant=cfg.accountant,
         privacy=privacy_params(cfg, num_examples=n), metrics=tuple(metric_hooks), select=select,
-        lr_hint=lr_hint,
+        lr_hint=lr_hint, checkpoint_dir=checkpoint_dir,
     )  # fmt: skip
     return loop, params, tx.init(params)
 
@@ -199,13 +200,12 @@ def setup(
     loss_fn = loss_of(cfg, objects)
     optimizer = optimizer_of(cfg, objects, steps_per_epoch=steps_per_epoch(n, cfg.batch_size))
     hooks = [*(_held_out_hooks(cfg, data, model, loss_fn) if evaluate else ()), *metrics]
-    kept = f"; the checkpoint of the last finished epoch is kept in {out}" if out else ""
     lr = f"lr={cfg.lr}" if cfg.lr is not None else "the learning rate"
     loop, params, opt_state = build_loop(
         model, jnp.asarray(model_inputs(data, data.train_images)),
         jnp.asarray(data.train_labels), config=cfg, loss_fn=loss_fn, optimizer=optimizer,
         noise_key=noise_key, metric_hooks=hooks, select=select,
-        lr_hint=f" ({lr} may be too large){kept}",
+        lr_hint=f" ({lr} may be too large)", checkpoint_dir=None if out is None else str(out),
     )  # fmt: skip
     return Setup(loop, params, opt_state, noise_key, cfg, n)
 
@@ -225,7 +225,9 @@ def _held_out_hooks(cfg: RunConfig, data, model: nnx.Module, loss_fn) -> list[Me
         hooks.append(metrics_lib.evaluation(held_out, averaged=True, **kw))
     if hasattr(model, "first_activation"):
         hooks.append(metrics_lib.first_activation_norm(held_out[0]))
-    return hooks
+    if cfg.eval_every == 1:
+        return hooks
+    return [metrics_lib.every(h, cfg.eval_every, last=cfg.epochs) for h in hooks]
 
 
 def _epoch_only(key: str, metrics: Mapping[str, Any]) -> bool:
@@ -271,10 +273,18 @@ def train(
 ) -> FitResult:
     """Run `cfg` from scratch; all validation (settings, data, --out) before anything is written.
 
-    `tensorboard`: also write each epoch's scalars there (`toolkit.training._tracking`).
+    `out` is held by this process until the run ends (`toolkit.runs.rundir.claim`): a
+    second run started on it fails at once, and a run that fails before its config.json
+    is written leaves nothing there. `tensorboard`: also write each epoch's scalars there
+    (`toolkit.training._tracking`).
     """
-    if out is not None:
-        rundir.prepare_new(out)
+    if out is None:
+        return _train(cfg, out, progress, tensorboard, objects, metrics)
+    with rundir.claim(out, new=True):
+        return _train(cfg, out, progress, tensorboard, objects, metrics)
+
+
+def _train(cfg, out, progress, tensorboard, objects, metrics) -> FitResult:
     validate_config(cfg)  # the settings first: loading data could fail on a bad one less clearly
     objects.check(cfg, where="the run")
     sink = TensorBoardSink(tensorboard) if tensorboard is not None else None  # checks the extra
@@ -311,8 +321,19 @@ def resume(
     A run whose model, data, loss or optimizer was given in Python (recorded as
     `python:<name>`) needs that object again; one recorded by name or import path must
     not be given. `metrics`: the run's own hooks, if it had any.
+
+    The run's finished records are never lost: epochs.jsonl and summary.json are rewritten
+    only from a checkpoint that holds them (`rundir.check_records_kept`), and the directory
+    is held by this process while it runs (`rundir.claim`).
     """
+    given = (model, train_data, eval_data, loss_fn, optimizer)
     out = Path(out)
+    rundir.read_config(out)  # a run directory at all, before it is claimed
+    with rundir.claim(out, new=False):
+        return _resume(out, progress, tensorboard, Objects(*given), metrics)
+
+
+def _resume(out: Path, progress, tensorboard, objects: Objects, metrics) -> FitResult:
     record = rundir.read_config(out)
     where = f"--resume={out}"
     cfg = config_from_record(record, where=str(out / rundir.CONFIG))
@@ -330,9 +351,12 @@ def resume(
             f"the library API); this toolkit resumes format {rundir.CHECKPOINT_FORMAT} only. "
             "toolkit.load_run still reads its model."
         )
+    saved = None
     if (out / rundir.CHECKPOINT).exists():  # a damaged checkpoint: said before any set-up
-        rundir.read_checkpoint(out, cfg_hash=record["config_hash"])
-    objects = Objects(model, train_data, eval_data, loss_fn, optimizer)
+        saved, _ = rundir.read_checkpoint(out, cfg_hash=record["config_hash"])
+    rundir.check_records_kept(
+        out, checkpoint_epoch=None if saved is None else saved["epoch"], epochs=cfg.epochs
+    )
     objects.check(cfg, where=where)
     data = load_data(cfg, objects)
     recorded_n = record.get("num_train")
@@ -447,6 +471,7 @@ def fit(
     augment: Augmult | int | None = None,
     validation: int = 0,
     keep_checkpoints: int = 0,
+    eval_every: int = 1,
     tensorboard: str | Path | None = None,
 ) -> FitResult:
     """Train `model` with DP-SGD on `train_data`; returns the trained model and its eps.
@@ -509,22 +534,29 @@ def fit(
             before clipping (sensitivity unchanged; vmap path).
         validation: Hold out the last V training examples and evaluate on them.
         keep_checkpoints: Also keep the checkpoint of every K-th epoch (`toolkit bias`).
+        eval_every: Evaluate `eval_data` (or the named set's test or validation split)
+            after every K-th epoch and the last one only (the other epochs' records hold
+            no held-out metrics).
         tensorboard: Also write each epoch's scalars there as TensorBoard events.
 
     Returns:
         A `FitResult`: `.model`, `.epsilon` (all three accountants), `.history`, `.config`.
     """
+    for name, path in (("out", out), ("tensorboard", tensorboard)):
+        if path is not None and not str(path).strip():
+            raise ToolkitError(f"{name}={str(path)!r} is an empty path; give a directory.")
     objects, fields = _objects_and_names(model, train_data, eval_data, loss_fn, optimizer)
     cfg = RunConfig(
-        **fields, activation=None, epochs=_num(epochs), batch_size=_num(batch_size),
-        max_physical_batch=_num(max_physical_batch), per_example=per_example,
-        clipping=clipping, clip_norm=_num(clip_norm), gamma=_num(gamma),
-        layer_split=layer_split, target_quantile=_num(target_quantile),
-        quantile_lr=_num(quantile_lr), count_noise=_num(count_noise),
-        noise_multiplier=_num(noise_multiplier), target_epsilon=_num(target_epsilon),
-        delta=_num(delta), accountant=accountant, sampling=sampling, seed=_num(seed),
-        validation=_num(validation), ema_decay=_num(ema_decay), augmult=_augmult(augment),
-        keep_checkpoints=_num(keep_checkpoints), classification=classification,
+        **fields, activation=None, epochs=epochs, batch_size=batch_size,
+        max_physical_batch=max_physical_batch, per_example=per_example,
+        clipping=clipping, clip_norm=clip_norm, gamma=gamma,
+        layer_split=layer_split, target_quantile=target_quantile,
+        quantile_lr=quantile_lr, count_noise=count_noise,
+        noise_multiplier=noise_multiplier, target_epsilon=target_epsilon,
+        delta=delta, accountant=accountant, sampling=sampling, seed=seed,
+        validation=validation, ema_decay=ema_decay, augmult=_augmult(augment),
+        keep_checkpoints=keep_checkpoints, eval_every=eval_every,
+        classification=classification,
     )  # fmt: skip
     if cfg.model == "paper-cnn":
         raise ToolkitError("fit trains your own model; the paper CNN runs with toolkit train.")
@@ -573,13 +605,6 @@ def _objects_and_names(model, train_data, eval_data, loss_fn, optimizer):
     return Objects(**given), fields
 
 
-def _num(value: Any) -> Any:
-    """NumPy and JAX scalars as Python numbers (a config holds plain ints and floats)."""
-    if isinstance(value, np.generic | jax.Array) and np.ndim(value) == 0:
-        return value.item()
-    return value
-
-
 def _augmult(augment: Augmult | int | None) -> int:
     if augment is None:
         return 0
@@ -590,7 +615,7 @@ def _augmult(augment: Augmult | int | None) -> int:
                 f"and flip; use Augmult({augment.k})."
             )
         return augment.k
-    return _num(augment)
+    return augment
 
 
 def _optax_name(optimizer: optax.GradientTransformation) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from toolkit.base import ToolkitError, specs
+from toolkit.base import ToolkitError, plain_fields, specs
 from toolkit.data import (
     DATASETS,
     Dataset,
@@ -57,11 +57,14 @@ class OptimizerSpec:
     schedule: str = "constant"
     warmup_epochs: int = 0
 
+    def __post_init__(self) -> None:
+        plain_fields(self)  # NumPy and JAX scalars as Python numbers
+
     def fields(self) -> dict[str, Any]:
-        """The `RunConfig` fields that record it."""
+        """The `RunConfig` fields that record it (`RunConfig`'s checks judge the values)."""
         return {
-            "optimizer": self.name, "lr": float(self.lr), "momentum": float(self.momentum),
-            "lr_schedule": self.schedule, "warmup_epochs": int(self.warmup_epochs),
+            "optimizer": self.name, "lr": self.lr, "momentum": self.momentum,
+            "lr_schedule": self.schedule, "warmup_epochs": self.warmup_epochs,
         }  # fmt: skip
 
 
@@ -131,6 +134,13 @@ def load_data(cfg: RunConfig, objects: Objects = Objects()) -> Dataset:
         )  # fmt: skip
     if cfg.validation:
         data = with_validation(data, cfg.validation)
+    if cfg.limit_train is not None and cfg.limit_train > len(data.train_labels):
+        held = f" after the validation split of {cfg.validation}" if cfg.validation else ""
+        raise ToolkitError(
+            f"limit_train={cfg.limit_train} is more than the {len(data.train_labels)} training "
+            f"examples of {cfg.dataset}{held}; give at most {len(data.train_labels)}, or leave "
+            "it out to train on all."
+        )
     if cfg.limit_train is not None and cfg.limit_train < len(data.train_labels):
         data = dataclasses.replace(
             data,

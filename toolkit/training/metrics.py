@@ -207,3 +207,12 @@ def first_activation_norm(images: np.ndarray) -> MetricFn:
         return {"first_conv_activation_norm": float(run(ctx.model(), x))}
 
     return hook
+
+
+def every(hook: MetricFn, k: int, *, last: int) -> MetricFn:
+    """`hook` after every `k`-th epoch and after epoch `last`; no values after the others."""
+
+    def sparse(ctx: EpochContext) -> dict:
+        return dict(hook(ctx)) if ctx.epoch % k == 0 or ctx.epoch == last else {}
+
+    return sparse

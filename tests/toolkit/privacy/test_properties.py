@@ -100,7 +100,7 @@ def test_shuffled_audit_is_labelled(tiny_data_dir, monkeypatch):
     from toolkit.studies import _audit as audit
 
     def no_training(cfg, data, canaries, progress=False):
-        return train_lib.init_model(cfg, data), 2
+        return train_lib.init_model(cfg, data), 2, 0.0
 
     monkeypatch.setattr(audit, "train_with_canaries", no_training)
     cfg = RunConfig(dataset="fashion-mnist", data_dir=str(tiny_data_dir), sampling="shuffle",

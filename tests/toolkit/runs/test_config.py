@@ -110,7 +110,9 @@ def test_resolve_keeps_the_new_fields():
     # would silently become the paper CNN). The calibrating branch is left out: it costs
     # 0.7 s of brentq here, and it fills in sigma by the same `dataclasses.replace`.
     assert resolve(USER, num_examples=1000) == USER
-    plain = resolve(dataclasses.replace(USER, private=False), num_examples=1000)
+    plain = resolve(
+        dataclasses.replace(USER, private=False, noise_multiplier=None), num_examples=1000
+    )
     assert plain == dataclasses.replace(
         USER, private=False, clip_norm=float("inf"), noise_multiplier=0.0
     )

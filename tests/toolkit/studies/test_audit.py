@@ -217,7 +217,7 @@ def test_a_bound_above_the_accountant_is_flagged_as_a_bug(tiny_data_dir, tmp_pat
     """Fake an over-claiming audit (no training): exit 1, 'BUG:' on stderr, record written."""
 
     def no_training(cfg, data, canaries, progress=False):
-        return train_lib.init_model(cfg, data), 0
+        return train_lib.init_model(cfg, data), 0, 0.0
 
     def over_claim(*args, **kwargs):
         return dataclasses.replace(real(*args, **kwargs), epsilon_lower_bound=50.0)
