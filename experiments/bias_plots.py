@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from experiments.records import skip
 from toolkit.base import ToolkitError
-from toolkit.base.plotting import PAPER_RC, figure_files, save_figure
+from toolkit.base.plotting import PAPER_RC, figure_files, log_axis, save_figure
 from toolkit.runs import rundir
 from toolkit.studies import BOOTSTRAPPED, DIAGNOSTIC_LABEL, BiasPoint, RunBias
 
@@ -100,17 +100,17 @@ def _drawn(result: RunBias, field: str) -> bool:
 
 def _scale(ax, which: str, kind: str, values: list[float]) -> None:
     """The `which` ("x", "y") axis: log for `kind` "log"; for "snr", log when every value
-    drawn is positive, else symmetric log (linear within +-1). Ticks written plainly."""
+    drawn is positive, else symmetric log (linear within +-1). Ticks written plainly, at
+    most about five of them (the panels are narrow)."""
     finite = [v for v in values if math.isfinite(v)]
-    set_scale, axis = getattr(ax, f"set_{which}scale"), getattr(ax, f"{which}axis")
+    axis = getattr(ax, f"{which}axis")
     if kind == "log" or (kind == "snr" and finite and min(finite) > 0):
-        set_scale("log")
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-        axis.set_minor_formatter(NullFormatter())
+        log_axis(ax, which)
     elif kind == "snr" and finite:
-        set_scale("symlog", linthresh=1.0)
+        getattr(ax, f"set_{which}scale")("symlog", linthresh=1.0)
         axis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def _note(results: Sequence[RunBias]) -> str:
@@ -241,9 +241,14 @@ def relation_figure(results: Sequence[RunBias], *, out: str | Path) -> list[Path
                 if not _drawn(r, field):
                     continue
                 mean, ci = training_mean(r, field)
-                xerr = None if ci is None else [[mean - ci[0]], [ci[1] - mean]]
-                ax.errorbar([mean], [accuracy], xerr=xerr, fmt="o", markersize=3,
-                            color=colours[r.label], elinewidth=0.8, capsize=1.5)  # fmt: skip
+                colour = colours[r.label]
+                xerr = None if ci is None else [[max(0.0, mean - ci[0])], [max(0.0, ci[1] - mean)]]
+                ax.errorbar([mean], [accuracy], xerr=xerr, fmt="o", markersize=3, color=colour,
+                            elinewidth=0.8, capsize=1.5)  # fmt: skip
+                if ci is not None and not ci[0] <= mean <= ci[1]:
+                    # A percentile interval of a ratio (few replicates, a skewed statistic)
+                    # need not hold the estimate: the part beyond the bar is drawn too.
+                    ax.plot(ci, [accuracy, accuracy], color=colour, linewidth=0.8)
                 drawn += [mean, *(ci or ())]
             _scale(ax, "x", kind, drawn)
             ax.set_xlabel(f"mean over training of\n{xlabel}", fontsize=6)

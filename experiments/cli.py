@@ -147,16 +147,9 @@ def figures(
 
     found = records.find_runs(runs)
     acc = records.check_accountant(accountant)
-    if kind == "grad-norms":
-        written = plots.trace_figure(
-            found, field="grad_norm.mean", ylabel="mean pre-clip per-example grad norm",
-            out=out, accountant=acc,
-        )  # fmt: skip
-    elif kind == "act-norms":
-        written = plots.trace_figure(
-            found, field="first_conv_activation_norm", ylabel="L2 norm of conv1 activations",
-            out=out, accountant=acc,
-        )  # fmt: skip
+    if kind in plots.TRACES:
+        field, ylabel = plots.TRACES[kind]
+        written = plots.trace_figure(found, field=field, ylabel=ylabel, out=out, accountant=acc)
     elif kind == "grid":
         found = records.paper_cnn_runs(found, needs=plots.GRID_NEEDS)
         written = plots.grid_figure(found, accountant=acc, out=out)

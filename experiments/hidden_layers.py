@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 from matplotlib import pyplot as plt
+from matplotlib.lines import Line2D
 
 from analysis import hidden
+from experiments.records import data_label
 from toolkit.base import ToolkitError, atomic_write_json
-from toolkit.base.plotting import PAPER_RC, save_figure
+from toolkit.base.plotting import PAPER_RC, legend_below, log_axis, save_figure
 from toolkit.studies import DIAGNOSTIC_LABEL, check_run
 from toolkit.training import init_model, load_data, load_run, model_inputs
 
@@ -44,9 +46,10 @@ class Stage:
     worst_ratio: dict[str, float]  # max_i measured_i / bound_i (a priori)
     act_mean: dict[str, float]  # mean ||activation|| per layer ("a1", "a2", "a3")
     act_max_entry: dict[str, float]  # largest |activation entry| seen
+    dataset: str = ""  # the data and the part of it trained on (`records.data_label`)
 
 
-def measure_stage(model, x, y, *, run: str, cfg, epoch: int) -> Stage:
+def measure_stage(model, x, y, *, run: str, cfg, epoch: int, dataset: str = "") -> Stage:
     m = hidden.measure(model, x, y)
     params = nnx.state(model, nnx.Param)
     slope = hidden.slope_of(cfg.activation)
@@ -66,6 +69,7 @@ def measure_stage(model, x, y, *, run: str, cfg, epoch: int) -> Stage:
                      for k in hidden.LAYERS},
         act_mean={k: float(m[f"act_{k}"].mean()) for k in ("a1", "a2", "a3")},
         act_max_entry={k: float(np.abs(np.asarray(acts[k])).max()) for k in ("a1", "a2", "a3")},
+        dataset=dataset,
     )  # fmt: skip
 
 
@@ -85,53 +89,71 @@ def compare(
         idx = np.sort(np.random.default_rng(seed).choice(len(data.train_labels), sample, False))
         x, y = model_inputs(data, data.train_images[idx]), data.train_labels[idx]
         last = max(kept) if epoch is None else epoch
+        dataset = data_label(cfg, len(data.train_labels))
         stages.append(measure_stage(init_model(cfg, data), x, y, run=str(run), cfg=cfg,
-                                    epoch=0))  # fmt: skip
+                                    epoch=0, dataset=dataset))  # fmt: skip
         model = load_run(run, epoch=last).model
-        stages.append(measure_stage(model, x, y, run=str(run), cfg=cfg, epoch=last))
+        stages.append(measure_stage(model, x, y, run=str(run), cfg=cfg, epoch=last,
+                                    dataset=dataset))  # fmt: skip
     return stages
 
 
+# (quantity, line style, marker) of the gradient panel: one colour per stage, one style
+# per quantity, so that the legend has an entry for each rather than for each pair.
+_MEASURED = ("measured max over the sample", "-", "o")
+_BOUND = ("a-priori bound", "--", "^")
+_DATA_BOUND = ("bound with measured activations (relu)", ":", "v")
+_ACTIVATIONS = ("a1", "a2", "a3")
+
+
 def figure(stages: list[Stage], out: Path) -> list[Path]:
+    """Per-layer gradient norms against their bounds, and activation norms, for every
+    stage (a run at an epoch): one colour per stage in both panels, one shared legend
+    under them."""
     with plt.rc_context(PAPER_RC):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 2.8))
         xs = np.arange(len(hidden.LAYERS))
-        for s in stages:
-            kind = "DP" if s.private else "SGD"
-            label = f"{s.activation} {kind} epoch {s.epoch}"
-            (line,) = ax1.plot(xs, [s.grad_max[k] for k in hidden.LAYERS], marker="o",
-                               markersize=3, label=f"{label}: measured max")  # fmt: skip
+        stage_handles = []
+        drawn = {_MEASURED}
+        labels = [f"{s.activation} {'DP' if s.private else 'SGD'}, epoch {s.epoch}" for s in stages]
+        if len(set(labels)) < len(labels):  # several runs of one kind: name each run
+            labels = [f"{lab} ({Path(s.run).name})" for lab, s in zip(labels, stages)]
+        for s, label in zip(stages, labels, strict=True):
+            (line,) = ax1.plot(xs, [s.grad_max[k] for k in hidden.LAYERS], _MEASURED[1],
+                               marker=_MEASURED[2], markersize=3)  # fmt: skip
+            colour = line.get_color()
             finite = [s.bound_max[k] if np.isfinite(s.bound_max[k]) else np.nan
                       for k in hidden.LAYERS]  # fmt: skip
-            ax1.plot(
-                xs,
-                finite,
-                "--",
-                marker="^",
-                markersize=3,
-                color=line.get_color(),
-                label=f"{label}: a-priori bound" if s.activation != "relu" else None,
+            if np.isfinite(finite).any():
+                ax1.plot(xs, finite, _BOUND[1], marker=_BOUND[2], markersize=3, color=colour)
+                drawn.add(_BOUND)
+            if s.activation == "relu":  # only conv1's a-priori bound is finite
+                ax1.plot(xs, [s.data_bound_max[k] for k in hidden.LAYERS], _DATA_BOUND[1],
+                         marker=_DATA_BOUND[2], markersize=3, color=colour)  # fmt: skip
+                drawn.add(_DATA_BOUND)
+            ax2.plot(np.arange(len(_ACTIVATIONS)), [s.act_mean[k] for k in _ACTIVATIONS],
+                     marker="o", markersize=3, color=colour)  # fmt: skip
+            stage_handles.append(
+                Line2D([], [], color=colour, marker="o", markersize=3, label=label)
             )
-            if s.activation == "relu":
-                ax1.plot(xs, [s.data_bound_max[k] for k in hidden.LAYERS], ":", marker="v",
-                         markersize=3, color=line.get_color(),
-                         label=f"{label}: bound with measured activations")  # fmt: skip
-            ax2.plot(["a1 (conv1)", "a2 (conv2)", "a3 (fc1)"],
-                     [s.act_mean[k] for k in ("a1", "a2", "a3")], marker="o", markersize=3,
-                     color=line.get_color(), label=label)  # fmt: skip
         ax1.set_xticks(xs, hidden.LAYERS)
-        ax1.set_yscale("log")
-        ax1.set_ylabel("per-example gradient norm of the layer")
-        ax1.set_title("measured (max over sample) vs bound (A, D, spectral norms, ||x||)")
-        ax1.legend(fontsize=4.5, loc="lower left")
+        log_axis(ax1, "y")
+        ax1.set_ylabel("per-example gradient norm\nof the layer (log scale)")
+        ax1.set_title("measured vs bound (A, D, spectral norms, ||x||)")
         ax1.grid(alpha=0.3)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("mean L2 norm of the activation")
+        ax2.set_xticks(np.arange(len(_ACTIVATIONS)), ["a1\n(conv1)", "a2\n(conv2)", "a3\n(fc1)"])
+        log_axis(ax2, "y")
+        ax2.set_ylabel("mean L2 norm of the\nactivation (log scale)")
         ax2.set_title("activation norms (tanh: <= sqrt(size) = 56, 28, 5.7)")
-        ax2.legend(fontsize=5)
         ax2.grid(alpha=0.3)
-        fig.suptitle(f"Fashion-MNIST CNN, hidden layers ({DIAGNOSTIC_LABEL})", fontsize=7)
+        data = ", ".join(sorted({s.dataset for s in stages if s.dataset})) or "paper"
+        fig.suptitle(f"{data} CNN, hidden layers ({DIAGNOSTIC_LABEL})", fontsize=7)
         fig.tight_layout()
+        styles = [Line2D([], [], color="0.3", linestyle=style, marker=marker, markersize=3,
+                         label=f"gradient panel: {name}")
+                  for name, style, marker in (_MEASURED, _BOUND, _DATA_BOUND)
+                  if (name, style, marker) in drawn]  # fmt: skip
+        legend_below(fig, [ax1, ax2], handles=[*stage_handles, *styles])
         written = save_figure(fig, out)
         plt.close(fig)
     return written

@@ -2,16 +2,18 @@
 
 - `pareto_figure`: Figure 3, test accuracy against eps (eps grows with the
   epoch), mean and min-max band over seeds, plus the Pareto frontier of all runs.
-  Each point is one epoch of a run whose noise was set for its final eps.
+  Each point is one epoch of a run whose noise was set for its final eps. A run with
+  no finite eps (non-private, or sigma = 0) is a horizontal line at its final accuracy.
 - `trace_figure`: Figures 4 and 5, a per-epoch metric (pre-clip gradient norm,
   first-conv activation norm) for each setting, mean and min-max band over seeds,
   with a reference line at the clipping norm C for gradient norms.
+- `grid_figure`: Figure 2, final accuracy over tempered-sigmoid triplets (s, T, o),
+  with the mean of the best 10% triplets; a warning when s, T or o has one value only.
 
 Legends name what differs between settings (`experiments.settings`) and count distinct
-seeds; a note under each figure says what the line and band are. A run that lacks what
-a figure needs is skipped with a warning naming it (`experiments.records`).
-- `grid_figure`: Figure 2, final accuracy over tempered-sigmoid triplets (s, T, o),
-  with the mean of the best 10% triplets.
+seeds; they sit under the axes, no wider than the axes (`legend_below`), and the figure
+grows taller with them. A note over each figure says what the line and band are. A run
+that lacks what a figure needs is skipped with a warning naming it (`experiments.records`).
 
 What eps covers: test accuracy and the activation norm are computed from the trained
 parameters on test (or validation) images. A trace of a training diagnostic (pre-clip
@@ -25,12 +27,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib import pyplot as plt
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.colors import Normalize
+from matplotlib.ticker import MaxNLocator
 
 from experiments import settings
 from experiments.records import (
@@ -43,7 +47,14 @@ from experiments.records import (
     with_metric,
 )
 from toolkit.base import ToolkitError
-from toolkit.base.plotting import PAPER_RC, save_figure
+from toolkit.base.plotting import (
+    PAPER_RC,
+    chars_that_fit,
+    legend_below,
+    log_axis,
+    save_figure,
+    space_below,
+)
 from toolkit.runs import TRAINING_DIAGNOSTICS
 
 
@@ -53,14 +64,20 @@ def _band(values: list[list[float | None]]) -> tuple[np.ndarray, np.ndarray, np.
     return np.nanmean(arr, 0), np.nanmin(arr, 0), np.nanmax(arr, 0)
 
 
-def _title(runs: Sequence[Run], accountant: str | None) -> str:
+def _title(runs: Sequence[Run], accountant: str | None, *, chars: int | None = None) -> str:
+    """The data sets, and with `accountant` what the eps shown are; on two lines where
+    one would be longer than `chars`, each line wrapped there."""
     datasets = sorted({r.dataset_label for r in runs})
     samplings = sorted({r.config.sampling for r in runs if r.config.private})
-    text = ", ".join(datasets)
+    parts = [", ".join(datasets)]
     if accountant:
-        text += f"; eps: {accountant}, {'/'.join(samplings) or 'poisson'} sampling, delta="
-        text += "/".join(sorted({f"{r.config.delta:g}" for r in runs if r.config.private}))
-    return text
+        deltas = "/".join(sorted({f"{r.config.delta:g}" for r in runs if r.config.private}))
+        parts.append(f"eps: {accountant}, {'/'.join(samplings) or 'poisson'} sampling, "
+                     f"delta={deltas}")  # fmt: skip
+    text = "; ".join(parts)
+    if chars is None or len(text) <= chars:
+        return text
+    return "\n".join(line for part in parts for line in textwrap.wrap(part, chars))
 
 
 def _labels(groups: Sequence[Sequence[Run]]) -> list[str]:
@@ -75,15 +92,22 @@ def _eps_text(eps: float | None) -> str:
     return "eps=inf, no DP guarantee" if math.isinf(eps) else f"eps={eps:.2f}"
 
 
-def _legend_below(ax, fig) -> None:
-    """The legend under the axes, where it cannot cover a curve."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncol=1)
+def _figsize(entries: int) -> tuple[float, float]:
+    """One paper column wide; taller with each legend entry past four, so that the axes
+    keep their share of the canvas as the legend under them grows."""
+    return 3.4, 2.6 + 0.12 * min(12, max(0, entries - 4))
 
 
 def _note(fig, text: str) -> None:
-    """A caption line under everything (what the line, band and points are)."""
-    fig.text(0.0, 1.0, "\n".join(textwrap.wrap(text, 70)), ha="left", va="bottom",
-             fontsize=6, transform=fig.transFigure)  # fmt: skip
+    """A caption over everything, just above the axes' titles: what the line, band and
+    points are. Call it once the layout is final."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    x, y = fig.transFigure.inverted().transform(
+        (min(b.x0 for b in boxes), max(b.y1 for b in boxes) + 0.05 * fig.dpi)
+    )
+    fig.text(x, y, "\n".join(textwrap.wrap(text, 70)), ha="left", va="bottom", fontsize=6,
+             transform=fig.transFigure)  # fmt: skip
 
 
 def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -101,6 +125,7 @@ PARETO_NOTE = (
     "Each run's noise was set for its final (rightmost) eps, so a point is not a run "
     "trained for that eps. Line: mean over seeds; band: min-max over seeds."
 )
+BASELINE_NOTE = "Horizontal lines: final test accuracy of runs without a finite eps."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,30 +133,46 @@ class Curve:
     """One setting of a pareto figure: mean and min-max band of accuracy (%) per epoch."""
 
     label: str
-    eps: np.ndarray  # eps spent after each epoch; inf for sigma = 0
+    eps: np.ndarray  # eps spent after each epoch; inf for sigma = 0, nan for non-private
     mean: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    private: bool = True
 
     @property
     def no_guarantee(self) -> bool:
-        return not bool(np.all(np.isfinite(self.eps)))
+        return self.private and not bool(np.all(np.isfinite(self.eps)))
+
+    @property
+    def baseline(self) -> bool:
+        """Drawn as a horizontal line at its final accuracy: no finite eps to place it at."""
+        return self.no_guarantee or not self.private
 
 
 def pareto_curves(
     runs: Sequence[Run], *, accountant: str
 ) -> tuple[list[Curve], list[tuple[float, float]]]:
-    """The curves of Figure 3 and the Pareto frontier over every finite (eps, accuracy %)."""
-    private = [r for r in runs if r.config.private]
-    if not private:
-        raise ToolkitError("pareto needs at least one private run (eps is undefined otherwise).")
-    private = with_epsilon(with_metric(private, "test_accuracy", per_epoch=True), accountant,
-                           per_epoch=True)  # fmt: skip
-    groups = group_by_setting(private)
+    """The curves of Figure 3 and the Pareto frontier over every finite (eps, accuracy %).
+
+    Non-private runs are curves too (`private` False, eps nan): the figure draws them as
+    baselines at their final accuracy; they are not on the frontier.
+    """
+    needs = "pareto needs at least one private run (eps is undefined otherwise)."
+    if not any(r.config.private for r in runs):
+        raise ToolkitError(needs)
+    runs = with_epsilon(with_metric(runs, "test_accuracy", per_epoch=True), accountant,
+                        per_epoch=True)  # fmt: skip
+    if not any(r.config.private for r in runs):
+        raise ToolkitError(needs)
+    groups = group_by_setting(runs)
     curves, points = [], []
     for group, label in zip(groups, _labels(groups)):
         mean, lo, hi = _band([[a * 100 for a in r.series("test_accuracy")] for r in group])
         first = group[0]
+        if not first.config.private:
+            eps = np.full(len(mean), np.nan)
+            curves.append(Curve(f"{label}: final acc., non-private", eps, mean, lo, hi, False))
+            continue
         eps = [epsilon_value(first, e.epsilon, accountant) for e in first.epochs[: len(mean)]]
         curve = Curve(label, np.array(eps, dtype=float), mean, lo, hi)
         if curve.no_guarantee:
@@ -144,27 +185,31 @@ def pareto_curves(
 
 
 def pareto_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
-    """Figure 3. A private run with sigma = 0 has eps = inf at every epoch: it is drawn as a
-    horizontal line at its final accuracy, labelled 'eps=inf, no DP guarantee'."""
+    """Figure 3. Runs without a finite eps are drawn as horizontal lines at their final
+    accuracy: a non-private run (dotted, 'non-private') and a private run with sigma = 0
+    (dash-dotted, 'eps=inf, no DP guarantee')."""
     curves, front = pareto_curves(runs, accountant=accountant)
     with plt.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(3.4, 2.6))
-        for c in curves:
-            if c.no_guarantee:
-                ax.axhline(c.mean[-1], color="grey", linestyle="-.", linewidth=0.8,
-                           label=c.label)  # fmt: skip
+        fig, ax = plt.subplots(figsize=_figsize(len(curves) + bool(front)))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, c in enumerate(sorted(curves, key=lambda c: c.baseline)):  # baselines last
+            colour = colours[i % len(colours)]
+            if c.baseline:
+                ax.axhline(c.mean[-1], color=colour, linestyle="-." if c.private else ":",
+                           linewidth=1.0, label=c.label)  # fmt: skip
                 continue
-            (line,) = ax.plot(c.eps, c.mean, marker="o", markersize=2.5, label=c.label)
-            ax.fill_between(c.eps, c.lo, c.hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.plot(c.eps, c.mean, marker="o", markersize=2.5, color=colour, label=c.label)
+            ax.fill_between(c.eps, c.lo, c.hi, color=colour, alpha=0.2, linewidth=0)
         if front:
             ax.step(*zip(*front), where="post", color="black", linestyle="--", linewidth=0.8,
                     label="Pareto frontier (all runs)")  # fmt: skip
         ax.set_xlabel(f"epsilon spent after each epoch ({accountant})")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(_title([r for r in runs if r.config.private], accountant))
+        ax.set_title(_title(runs, accountant, chars=chars_that_fit(fig.get_figwidth(), 8)))
         ax.grid(alpha=0.3)
-        _legend_below(ax, fig)
-        _note(fig, PARETO_NOTE)
+        legend_below(fig, ax)
+        baselines = any(c.baseline for c in curves)
+        _note(fig, f"{PARETO_NOTE} {BASELINE_NOTE}" if baselines else PARETO_NOTE)
         written = save_figure(fig, out)
         plt.close(fig)
     return written
@@ -185,6 +230,13 @@ GRID_NOTE = (
 )
 
 
+# Figures 4 and 5 (`toolkit figures --kind`): the per-epoch field and its axis label.
+TRACES = {
+    "grad-norms": ("grad_norm.mean", "mean pre-clip per-example grad norm"),
+    "act-norms": ("first_conv_activation_norm", "L2 norm of conv1 activations"),
+}
+
+
 def trace_figure(
     runs: Sequence[Run],
     *,
@@ -198,11 +250,16 @@ def trace_figure(
 
     Every epoch is a marker, so a one-epoch run is visible. For a gradient-norm field, a
     reference line at each clipping norm C of the private runs (norms above it are clipped).
+    With `log`, the y axis is logarithmic and its label says so.
     """
     runs = with_epsilon(with_metric(runs, field, per_epoch=True), accountant)
     groups = sorted(group_by_setting(runs), key=lambda g: g[0].label)
+    clips = []
+    if field.startswith("grad_norm."):
+        clips = sorted({r.config.clip_norm for r in runs if r.config.private})
+        clips = [c for c in clips if math.isfinite(c)]
     with plt.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(3.4, 2.6))
+        fig, ax = plt.subplots(figsize=_figsize(len(groups) + len(clips)))
         for group, label in zip(groups, _labels(groups)):
             mean, lo, hi = _band([r.series(field) for r in group])
             epochs = np.arange(1, len(mean) + 1)
@@ -212,23 +269,21 @@ def trace_figure(
             style = "-" if first.config.private else ":"
             (line,) = ax.plot(epochs, mean, style, marker="o", markersize=2.5, label=label)
             ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        if field.startswith("grad_norm."):
-            clips = sorted({r.config.clip_norm for r in runs if r.config.private})
-            for c in clips:
-                if math.isfinite(c):
-                    ax.axhline(c, color="black", linestyle="--", linewidth=0.8,
-                               label=f"clipping norm C={c:g}")  # fmt: skip
+        for c in clips:
+            ax.axhline(c, color="black", linestyle="--", linewidth=0.8,
+                       label=f"clipping norm C={c:g}")  # fmt: skip
         if log:
-            ax.set_yscale("log")  # ticks at 1, 2, 5 x 10^k, written plainly ("0.1", "20")
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            log_axis(ax, "y")
+            ylabel += " (log scale)"
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(_title(runs, accountant), fontsize=7)
+        height = ax.get_position().height * fig.get_figheight()
+        ax.set_ylabel("\n".join(textwrap.wrap(ylabel, chars_that_fit(height, 8))))
+        ax.set_title(
+            _title(runs, accountant, chars=chars_that_fit(fig.get_figwidth(), 7)), fontsize=7
+        )
         ax.grid(alpha=0.3, which="both")
-        _legend_below(ax, fig)
+        legend_below(fig, ax)
         private = field.split(".")[0] in TRAINING_DIAGNOSTICS
         _note(fig, f"{TRACE_NOTE} {DIAGNOSTIC_NOTE}" if private else TRACE_NOTE)
         written = save_figure(fig, out)
@@ -254,27 +309,46 @@ def best_triplets(runs: Sequence[Run], fraction: float = 0.1) -> tuple[np.ndarra
     return table, table[:k, :3].mean(axis=0)
 
 
+_GRID_AXES = ("scale s", "inverse temperature T", "offset o")
+
+
 def grid_figure(runs: Sequence[Run], *, accountant: str, out: str | Path) -> list[Path]:
+    """Figure 2: final accuracy against each of s, T and o, one point per run, coloured by
+    accuracy (one colour scale for the three panels, and a colour bar when the accuracies
+    differ), with the mean of the best 10% triplets in red. Warns when s, T or o takes
+    fewer than two values: the panel is then no grid."""
     runs = with_epsilon(with_metric(runs, "test_accuracy"), accountant)
     table, best = best_triplets(runs)
+    single = [f"{name} ({table[0, i]:g})" for i, name in enumerate(_GRID_AXES)
+              if len(np.unique(table[:, i])) < 2]  # fmt: skip
+    if single:
+        warnings.warn(
+            f"the grid figure has one value of {', '.join(single)} among its {len(table)} "
+            f"tempered-sigmoid run(s): no grid along {'it' if len(single) == 1 else 'them'}; "
+            "give runs with at least two values of each.",
+            stacklevel=2,
+        )
     eps = epsilon_value(runs[0], runs[0].summary.epsilon, accountant)
+    accuracy = 100 * table[:, 3]
+    norm = Normalize(accuracy.min(), accuracy.max())  # the same colour for a run everywhere
     with plt.rc_context(PAPER_RC):
         fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.3), sharey=True)
-        for i, (ax, name) in enumerate(zip(axes, ("scale s", "inverse temperature T", "offset o"))):
-            sc = ax.scatter(
-                table[:, i], 100 * table[:, 3], c=100 * table[:, 3], cmap="viridis", s=14
-            )
+        for i, (ax, name) in enumerate(zip(axes, _GRID_AXES)):
+            sc = ax.scatter(table[:, i], accuracy, c=accuracy, cmap="viridis", norm=norm, s=14)
             ax.axvline(best[i], color="red", linestyle="--", linewidth=0.8)
             ax.set_xlabel(name)
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("test accuracy (%)")
-        fig.colorbar(sc, ax=axes, label="test accuracy (%)", fraction=0.05)
+        if len(np.unique(accuracy)) > 1:
+            fig.colorbar(sc, ax=axes, label="test accuracy (%)", fraction=0.05)
         eps_text = _eps_text(eps) + (f" ({accountant})" if eps is not None else "")
+        triplets = f"{len(table)} triplet{'s' if len(table) != 1 else ''}"
         fig.suptitle(
-            f"{_title(runs, None)}: {len(table)} triplets at {eps_text}; red: mean of best 10% "
+            f"{_title(runs, None)}: {triplets} at {eps_text}; red: mean of best 10% "
             f"(s={best[0]:.2f}, T={best[1]:.2f}, o={best[2]:.2f})"
         )
-        fig.text(0.5, -0.02, GRID_NOTE, ha="center", va="top", fontsize=6)
+        x, y = space_below(fig, axes)
+        fig.text(x, y, GRID_NOTE, ha="center", va="top", fontsize=6)
         written = save_figure(fig, out)
         plt.close(fig)
     return written

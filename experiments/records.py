@@ -8,8 +8,14 @@ and "fit" directories written before runs had one format). A run of your own mod
 labelled by the model's name (`RunConfig.label`), a data file by its file name.
 
 Runs are grouped by their config minus the seed, so seeds of the same setting become one
-curve with a band. A run directory that cannot be read, or lacks what a table or figure
-needs (a --validation run has no test accuracy; only the paper CNN records
+curve with a band. Options that only choose what a run writes or records (`OUTPUT_ONLY`:
+extra checkpoint files, TensorBoard events, how often it evaluates) are not settings
+either: they neither split seeds nor appear in columns and legends. A run trained on part
+of its training split (`limit_train`, or `validation` examples held out) is named so
+wherever its data set is (`data_label`: "fashion-mnist (first 1,024)").
+
+A run directory that cannot be read, or lacks what a table or figure needs (a
+--validation run has no test accuracy; only the paper CNN records
 first_conv_activation_norm), is skipped with a one-line warning that names it, and the
 rest are used.
 """
@@ -28,6 +34,12 @@ from experiments.settings import NOT_SETTINGS
 from toolkit.base import ToolkitError, specs
 from toolkit.privacy import accounting
 from toolkit.runs import EpochRecord, RunConfig, RunSummary, config_from_record, rundir
+
+# Options that change only what a run writes or records, not what it trains:
+# `keep_checkpoints` keeps extra checkpoint files, `tensorboard` (a `toolkit train` flag,
+# listed should a config record it) writes a copy of the scalars, `eval_every` evaluates
+# the held-out split less often (always after the last epoch). None is a setting.
+OUTPUT_ONLY = ("keep_checkpoints", "tensorboard", "eval_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +60,9 @@ class Run:
 
     @property
     def dataset_label(self) -> str:
-        """The data set's name, a data file's name, or 'arrays' (given in Python)."""
-        return dataset_label(self.config.dataset)
+        """The data set's name, a data file's name, or 'arrays' (given in Python), with the
+        part of its training split used ('fashion-mnist (first 1,024)', `data_label`)."""
+        return data_label(self.config, None if self.summary is None else self.summary.num_train)
 
     @property
     def training(self) -> str:
@@ -67,8 +80,13 @@ class Run:
 
     @property
     def setting(self) -> dict[str, Any]:
-        """The config as JSON without the seed and data location."""
-        return {k: v for k, v in self.config.to_dict().items() if k not in NOT_SETTINGS}
+        """The config as JSON without the seed, the data location and the output-only
+        options (`OUTPUT_ONLY`)."""
+        return {
+            k: v
+            for k, v in self.config.to_dict().items()
+            if k not in NOT_SETTINGS and k not in OUTPUT_ONLY
+        }
 
     def setting_key(self) -> tuple:
         """The config without the seed (and data location): seeds of one setting share it."""
@@ -102,6 +120,26 @@ def dataset_label(dataset: str) -> str:
     if dataset.startswith(specs.PYTHON):
         return dataset.removeprefix(specs.PYTHON)
     return Path(dataset).name
+
+
+def data_label(config: RunConfig, num_train: int | None = None) -> str:
+    """`dataset_label` plus the part of the training split trained on, if not all of it.
+
+    `num_train` is the number of examples the run trained on (its summary's), when known:
+    'fashion-mnist (first 1,024)' (`limit_train`), 'fashion-mnist (first 59,000, last 1,000
+    held out)' (`validation`: the last V examples are evaluated on, not trained on). A
+    `limit_train` above the examples there were (num_train < limit_train) trained on all.
+    """
+    parts = []
+    limit = config.limit_train
+    if limit is not None and (num_train is None or num_train >= limit):
+        parts.append(f"first {limit:,}")
+    if config.validation:
+        if not parts and num_train is not None:
+            parts.append(f"first {num_train:,}")
+        parts.append(f"last {config.validation:,} held out")
+    name = dataset_label(config.dataset)
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def load_run(path: str | Path) -> Run:

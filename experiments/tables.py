@@ -6,7 +6,9 @@ seeds on), the eps of the named accountant (inf for a private run with sigma = 0
 DP guarantee), the sampling, and the standard deviation of per-class accuracy (the
 paper's fairness note). Besides the fixed columns, every other setting that varies
 across the runs shown gets a column (C, delta, momentum, clipping, ...), so two rows
-never look alike while being different settings.
+never look alike while being different settings. The part of the training split a run
+used is in its data set's cell ("fashion-mnist (first 1,024)", `records.data_label`),
+not in a column of its own.
 
 What eps covers: each row's eps is that of one run with fixed settings, and test
 accuracy is computed on the test set from the trained parameters. Table 4 (`best_lr_rows`)
@@ -41,6 +43,8 @@ _FIXED_SETTINGS = (
     "dataset", "model", "activation", "private", "epochs", "batch_size", "optimizer", "lr",
     "noise_multiplier", "sampling",
 )  # fmt: skip
+# Settings the dataset cell shows (`records.data_label`): no column of their own.
+_IN_DATASET = ("limit_train", "validation")
 PAPER_CNN = "paper-cnn"
 _RESULTS = ("seeds", "accuracy_mean", "accuracy_std", "per_class_std_mean", "epsilon")
 # The run's own accountant (calibration, headline) is not the table's eps accountant.
@@ -78,7 +82,11 @@ def accuracy_rows(runs: Sequence[Run], *, accountant: str) -> list[dict[str, Any
     `accountant` are left out with a warning naming them.
     """
     runs = with_epsilon(with_metric(runs, "test_accuracy"), accountant)
-    extra = [f for f in settings.varying([r.setting for r in runs]) if f not in _FIXED_SETTINGS]
+    extra = [
+        f
+        for f in settings.varying([r.setting for r in runs])
+        if f not in _FIXED_SETTINGS and f not in _IN_DATASET
+    ]
     rows = []
     for group in group_by_setting(runs):
         first = group[0]

@@ -147,3 +147,19 @@ def test_figures_are_written_beside_each_other(results, tmp_path):
         "bias.v2.png", "bias.v2.pdf", "bias.v2-relation.png", "bias.v2-relation.pdf"
     ]  # fmt: skip
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_relation_figure_draws_an_interval_that_misses_its_estimate(tmp_path, drawn):
+    """With few replicates the percentile interval of a ratio can lie on one side of the
+    estimate; the point, its bar towards the interval and the whole interval are drawn."""
+    result = _result(tmp_path, "skewed", "tanh", 0, accuracy=0.8)
+    for p in result.points:
+        p.replicates["fraction_clipped"] = [p.fraction_clipped + d for d in (0.1, 0.2, 0.3)]
+    mean, (lo, hi) = bias_plots.training_mean(result, "fraction_clipped")
+    assert mean < lo < hi  # the estimate is outside its interval
+    bias_plots.relation_figure([result], out="r")
+    ax = drawn["r"].axes[0]
+    (bar,) = ax.containers
+    assert bar.lines[0].get_xdata()[0] == pytest.approx(mean)
+    spans = [ln.get_xdata() for ln in ax.get_lines() if len(ln.get_xdata()) == 2]
+    assert any(min(x) == pytest.approx(lo) and max(x) == pytest.approx(hi) for x in spans)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 from typer.testing import CliRunner
 
 from experiments import plots, records, sweep, tables
+from tests.run_fakes import fake_run, replace_config
 from toolkit.cli import app
 from toolkit.runs import rundir
 
@@ -150,6 +152,95 @@ def test_grid_best_triplets(tiny_data_dir, tmp_path):
     table, best = plots.best_triplets(found)
     assert len(table) == 4 and list(table[:, 3]) == sorted(table[:, 3], reverse=True)
     assert list(best) == list(table[0, :3])  # 10% of 4 rounds up to the single best
-    written = plots.grid_figure(found, accountant="rdp-classic", out=tmp_path / "fig2")
+    with pytest.warns(UserWarning, match=r"one value of offset o \(0.5\) among its 4 "):
+        written = plots.grid_figure(found, accountant="rdp-classic", out=tmp_path / "fig2")
     assert all(p.stat().st_size > 1000 for p in written)
     assert json.loads((tmp_path / found[0].path.name / "summary.json").read_text())
+
+
+def _tempered(out, s, t, o, accuracy):
+    fake_run(out, activation="tempered", accs=(0.5, 0.6, accuracy))
+    replace_config(out, activation={"name": "tempered", "scale": s, "inverse_temp": t,
+                                    "offset": o})  # fmt: skip
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures `plots` would save: {out: figure}."""
+    figures = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: figures.setdefault(out, fig))
+    return figures
+
+
+def test_grid_of_one_run_warns_and_draws_one_colour_without_a_colour_bar(tmp_path, drawn):
+    _tempered(tmp_path / "one", 1.97, 2.27, 1.15, 0.8)
+    with pytest.warns(UserWarning) as caught:
+        plots.grid_figure(records.find_runs([tmp_path]), accountant="rdp-classic", out="g")
+    assert [str(w.message) for w in caught] == [
+        "the grid figure has one value of scale s (1.97), inverse temperature T (2.27), "
+        "offset o (1.15) among its 1 tempered-sigmoid run(s): no grid along them; give runs "
+        "with at least two values of each."
+    ]  # fmt: skip
+    fig = drawn["g"]
+    assert len(fig.axes) == 3  # the three panels, no colour bar
+    for ax in fig.axes:
+        ax.collections[0].update_scalarmappable()  # the colours, as drawing maps them
+    colours = {tuple(ax.collections[0].get_facecolors()[0]) for ax in fig.axes}
+    assert len(colours) == 1  # the run has one colour in every panel
+
+
+def test_grid_shares_one_colour_scale_and_warns_only_for_an_axis_of_one_value(tmp_path, drawn):
+    for i, (s, t, accuracy) in enumerate([(1.0, 1.0, 0.70), (2.0, 1.0, 0.75), (1.0, 2.0, 0.8)]):
+        _tempered(tmp_path / f"r{i}", s, t, 0.5, accuracy)
+    with pytest.warns(UserWarning, match=r"one value of offset o \(0.5\) among its 3 "):
+        plots.grid_figure(records.find_runs([tmp_path]), accountant="rdp-classic", out="g")
+    fig = drawn["g"]
+    panels, bars = fig.axes[:3], fig.axes[3:]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "test accuracy (%)"
+    points = [ax.collections[0] for ax in panels]
+    for p in points:
+        p.update_scalarmappable()  # the colours, as drawing maps them
+    by_accuracy = [
+        {y: tuple(c) for (_, y), c in zip(p.get_offsets(), p.get_facecolors())} for p in points
+    ]
+    assert by_accuracy[0] == by_accuracy[1] == by_accuracy[2]  # one scale for the panels
+    assert sorted(by_accuracy[0]) == pytest.approx([70.0, 75.0, 80.0])
+
+
+def test_log_axes_of_trace_figures_say_so_and_label_two_ticks(tmp_path, drawn):
+    """Figure 5's norms (10 to 12 here) span less than a decade: still two labelled ticks."""
+    fake_run(tmp_path / "r")
+    found = records.find_runs([tmp_path])
+    for field, ylabel in (("first_conv_activation_norm", "L2 norm of conv1 activations"),
+                          ("grad_norm.mean", "mean pre-clip per-example grad norm")):  # fmt: skip
+        plots.trace_figure(found, field=field, ylabel=ylabel, out=field)
+        ax = drawn[field].axes[0]
+        assert ax.get_yscale() == "log"
+        assert ax.get_ylabel().replace("\n", " ") == f"{ylabel} (log scale)"
+        lo, hi = ax.get_ylim()
+        shown = [t.get_text() for t, y in zip(ax.get_yticklabels(), ax.get_yticks())
+                 if lo <= y <= hi and t.get_text()]  # fmt: skip
+        assert len(shown) >= 2, shown
+    plots.trace_figure(found, field="grad_norm.mean", ylabel="norm", out="linear", log=False)
+    assert drawn["linear"].axes[0].get_ylabel() == "norm"
+
+
+def test_pareto_draws_the_non_private_baseline_at_its_final_accuracy(tmp_path, drawn):
+    fake_run(tmp_path / "dp", accs=(0.5, 0.6, 0.7))
+    fake_run(tmp_path / "sgd", private=False, noise_multiplier=None, accs=(0.6, 0.7, 0.85))
+    curves, front = plots.pareto_curves(records.find_runs([tmp_path]), accountant="rdp-classic")
+    baseline = next(c for c in curves if not c.private)
+    assert baseline.baseline and not baseline.no_guarantee
+    assert baseline.label == "tanh, SGD (n=1): final acc., non-private"
+    assert front == [(1.0, 50.0), (1.5, 60.0), (2.0, 70.0)]  # private points only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # drawn, not dropped with a warning
+        plots.pareto_figure(records.find_runs([tmp_path]), accountant="rdp-classic", out="p")
+    ax = drawn["p"].axes[0]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == baseline.label]
+    assert list(line.get_ydata()) == pytest.approx([85.0, 85.0])
+    assert list(line.get_xdata()) == [0, 1]  # across the whole axes
+    legend = [t.get_text().replace("\n", " ") for t in drawn["p"].legends[0].get_texts()]
+    assert baseline.label in legend
+    assert plots.BASELINE_NOTE in " ".join(t.get_text().replace("\n", " ")
+                                           for t in drawn["p"].texts)  # fmt: skip

@@ -103,7 +103,7 @@ def broken(tmp_path_factory):
     root = tmp_path_factory.mktemp("broken") / "runs"
     fake_run(root / "tanh-s0", seed=0, accs=(0.5, 0.6, 0.70))
     fake_run(root / "tanh-s1", seed=1, accs=(0.5, 0.6, 0.72))
-    fake_run(root / "sgd", private=False, accs=(0.6, 0.7, 0.8))
+    fake_run(root / "sgd", private=False, noise_multiplier=None, accs=(0.6, 0.7, 0.8))
     for i, name in enumerate(BREAKS):
         bad = root / f"bad{i}"
         if name == "validation run":
@@ -210,10 +210,16 @@ def test_table_has_a_column_for_each_setting_that_differs(tmp_path, field, a, b)
     assert len(rows) == 2
     md = tables.to_markdown(rows).splitlines()
     header = [c.strip() for c in md[0].strip("|").split("|")]
-    column = {"batch_size": "batch", "noise_multiplier": "sigma"}.get(field, settings.name(field))
+    column = {"batch_size": "batch", "noise_multiplier": "sigma", "limit_train": "dataset"}.get(
+        field, settings.name(field)
+    )
     assert column in header
     at = header.index(column)
     cells = {[c.strip() for c in line.strip("|").split("|")][at] for line in md[2:]}
+    if field == "limit_train":  # the part of the training split is the data set's cell
+        assert cells == {f"fashion-mnist (first {n})" for n in (a, b)}
+        assert settings.name(field) not in header
+        return
     assert {_canon(c) for c in cells} == {_canon(settings.describe(field, v)) for v in (a, b)}
     # A setting that does not vary gets no column of its own.
     assert "momentum" not in header or field == "momentum"
@@ -252,7 +258,9 @@ def test_legends_name_what_differs_and_are_distinct(tmp_path, field, a, b):
 
 
 def test_non_private_legends_differ_even_in_unused_privacy_fields(tmp_path):
-    found = _two_settings(tmp_path, "sampling", "poisson", "shuffle", private=False)
+    found = _two_settings(
+        tmp_path, "sampling", "poisson", "shuffle", private=False, noise_multiplier=None
+    )
     labels = plots._labels(records.group_by_setting(found))
     assert len(set(labels)) == 2 and all("SGD" in lab for lab in labels)
 
@@ -262,6 +270,56 @@ def test_legend_counts_distinct_seeds(tmp_path):
         fake_run(tmp_path / f"r{i}", seed=seed)
     (label,) = plots._labels(records.group_by_setting(records.find_runs([tmp_path])))
     assert label.endswith("(n=2)")
+
+
+def test_output_only_options_neither_split_seeds_nor_show(tmp_path):
+    """keep_checkpoints (extra checkpoint files), tensorboard (a copy of the scalars) and
+    eval_every (how often the held-out split is evaluated) change what a run writes or
+    records, not what it trains: seeds that differ only there are one setting, and no
+    column or legend names them."""
+    fake_run(tmp_path / "s0", seed=0, accs=(0.5, 0.6, 0.70))
+    fake_run(tmp_path / "s1", seed=1, keep_checkpoints=2, eval_every=3, accs=(0.5, 0.6, 0.74))
+    replace_config(tmp_path / "s1", tensorboard=str(tmp_path / "tb"))  # as if recorded
+    fake_run(tmp_path / "lr", seed=0, lr=0.5, keep_checkpoints=1)
+    found = records.find_runs([tmp_path])
+    assert sorted(len(g) for g in records.group_by_setting(found)) == [1, 2]
+    rows = tables.accuracy_rows(found, accountant="rdp-classic")
+    assert sorted(r["seeds"] for r in rows) == [1, 2]
+    pooled = next(r for r in rows if r["seeds"] == 2)
+    assert pooled["accuracy_mean"] == pytest.approx(0.72, rel=1e-12)
+    text = tables.to_markdown(rows) + tables.to_csv(rows)
+    for option in records.OUTPUT_ONLY:
+        assert all(option not in r for r in rows) and option not in text
+    labels = plots._labels(records.group_by_setting(found))
+    assert sorted(labels) == ["tanh, DP-SGD, lr=0.1 (n=2)", "tanh, DP-SGD, lr=0.5 (n=1)"]
+
+
+def test_a_run_on_part_of_its_training_split_says_so_in_tables_and_titles(tmp_path, monkeypatch):
+    """--limit-train N: 'first N' examples; --validation V: the last V held out; a limit
+    above the examples there were (num_train < N in the summary) trained on all of them."""
+    root = tmp_path / "runs"
+    fake_run(root / "subset", limit_train=500)
+    fake_run(root / "all", lr=0.5)
+    fake_run(root / "above", lr=0.2, limit_train=5000)  # the summary says 1000 examples
+    fake_run(root / "held-out", validation=100, metric="val_accuracy")
+    runs = {r.path.name: r for r in records.find_runs([root])}
+    assert {n: r.dataset_label for n, r in runs.items()} == {
+        "subset": "fashion-mnist (first 500)", "all": "fashion-mnist",
+        "above": "fashion-mnist", "held-out": "fashion-mnist (first 1,000, last 100 held out)",
+    }  # fmt: skip
+    with pytest.warns(records.RunSkipped, match="held-out: no numeric test_accuracy"):
+        rows = tables.accuracy_rows(list(runs.values()), accountant="rdp-classic")
+    md = tables.to_markdown(rows)
+    cells = {line.split("|")[1].strip() for line in md.splitlines()[2:]}
+    assert cells == {"fashion-mnist (first 500)", "fashion-mnist"}
+    figures = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: figures.setdefault(out, fig))
+    plots.pareto_figure([runs["subset"]], accountant="rdp-classic", out="pareto")
+    title = figures["pareto"].axes[0].get_title()  # the data, then what eps is
+    assert title.splitlines()[0] == "fashion-mnist (first 500)"
+    plots.trace_figure([runs["held-out"]], field="grad_norm.mean", ylabel="norm", out="trace")
+    title = figures["trace"].axes[0].get_title()
+    assert title.splitlines()[0] == "fashion-mnist (first 1,000, last 100 held out)"
 
 
 def test_private_data_diagnostics_are_labelled_where_they_are_drawn_or_tabled(
@@ -381,6 +439,10 @@ def test_act_norms_and_grid_skip_your_own_models_with_one_line_each(every_kind, 
         res = runner.invoke(app, ["figures", str(every_kind), "--kind", kind, "--out", str(out)])
         assert res.exit_code == 0 and res.exception is None, res.output
         warned = _warnings(res.output)
+        if kind == "grid":  # one tempered run is left: no grid, and it says so
+            (single,) = [w for w in warned if "grid figure has one value" in w]
+            assert "among its 1 tempered-sigmoid run(s)" in single
+            warned.remove(single)
         assert sorted(w.split(": ")[1] for w in warned) == sorted(
             f"skipping run {every_kind / name}" for name in OWN_MODELS
         ), kind  # fmt: skip
