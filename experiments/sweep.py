@@ -184,7 +184,7 @@ def expand(spec: dict[str, Any]) -> list[tuple[str, RunConfig]]:
 def load_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ToolkitError(f"sweep file {path} does not exist.") from None
     except IsADirectoryError:

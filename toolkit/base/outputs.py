@@ -45,6 +45,11 @@ def _creatable_dir(option: str, value: Path, directory: Path) -> None:
     anchor = directory.absolute()
     while not anchor.exists() and not anchor.is_symlink():
         anchor = anchor.parent
+    if anchor.is_symlink() and not anchor.exists():
+        raise ToolkitError(
+            f"{option}={value}: {anchor} is a symbolic link to {os.readlink(anchor)}, which "
+            "does not exist; create its target or choose another path."
+        )
     if not anchor.is_dir():
         raise ToolkitError(
             f"{option}={value}: {anchor} is a file, not a directory; choose another path."
@@ -80,8 +85,11 @@ def check_new_dir(option: str, path: Path, *, hint: str = "", ignore: Sequence[s
     """`path` can hold a new run: absent, or an empty directory (but for the names in
     `ignore`), and creatable."""
     if path.exists() and (not path.is_dir() or any(p.name not in ignore for p in path.iterdir())):
-        what = "is not a directory" if not path.is_dir() else "exists and is not empty"
-        raise ToolkitError(f"{option}={path} {what}; choose a new directory{hint}.")
+        if not path.is_dir():
+            raise ToolkitError(f"{option}={path} is not a directory; choose a new directory.")
+        raise ToolkitError(
+            f"{option}={path} exists and is not empty; choose a new directory{hint}."
+        )
     _creatable_dir(option, path, path)
 
 

@@ -7,7 +7,9 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -68,12 +70,32 @@ def train(
                 f"--resume cannot be combined with {', '.join(given)}: a run continues with "
                 "its recorded settings; start a new run (--out) to change them."
             )
-        result = train_lib.resume(resume, progress=not quiet, tensorboard=tensorboard)
+        with _says_how_to_continue(resume):
+            result = train_lib.resume(resume, progress=not quiet, tensorboard=tensorboard)
         _print_summary(result.summary, resume)
         return
     cfg = run_config(values)
-    result = train_lib.train(cfg, out=out, progress=not quiet, tensorboard=tensorboard)
+    with _says_how_to_continue(out):
+        result = train_lib.train(cfg, out=out, progress=not quiet, tensorboard=tensorboard)
     _print_summary(result.summary, out)
+
+
+@contextlib.contextmanager
+def _says_how_to_continue(out: Path | None):
+    """On Ctrl-C or SIGTERM, one line: what the run directory keeps and how to go on."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        from toolkit.runs import rundir
+
+        if out is not None and (out / rundir.CONFIG).exists():
+            done = len(rundir.read_epochs(out)) if (out / rundir.CHECKPOINT).exists() else 0
+            print(
+                f"interrupted: {out} keeps {done} finished epoch(s); continue with "
+                f"toolkit train --resume {out}",
+                file=sys.stderr,
+            )
+        raise
 
 
 def _in_range(option: str, value, lo, hi, *, upper: str = "", note: str = "") -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Mapping
 
@@ -47,9 +48,21 @@ def main() -> None:
         # If it cannot re-execute (an odd platform), it runs with the default allocator.
         with contextlib.suppress(OSError):
             os.execve(sys.executable, [sys.executable, "-m", "toolkit", *sys.argv[1:]], env)
+    exit_on_sigterm()
     from toolkit.cli._app import app
 
     sys.exit(run(app, sys.argv[1:]))
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, Slurm, `docker stop`) exits 143 as Ctrl-C exits 130: through
+    Python's exception handling, so a run directory held by the process is cleaned up
+    (`toolkit.runs.rundir.claim`) rather than left behind by an abrupt kill."""
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def run(app, args: list[str]) -> int:
@@ -69,7 +82,7 @@ def run(app, args: list[str]) -> int:
         return 2
     except click.ClickException as e:
         command = getattr(e, "command_path", None) or (
-            e.ctx.command_path if getattr(e, "ctx", None) else "toolkit"
+            e.ctx.command_path if getattr(e, "ctx", None) else _command_of(app, args)
         )
         message = " ".join(e.format_message().split())
         print(f"error: {message} (see {command} --help)", file=sys.stderr)
@@ -78,3 +91,11 @@ def run(app, args: list[str]) -> int:
         print("error: aborted.", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0
+
+
+def _command_of(app, args: list[str]) -> str:
+    """`toolkit NAME` when `args` start with a command's name, else `toolkit`."""
+    import typer
+
+    names = typer.main.get_command(app).commands if args else {}
+    return f"toolkit {args[0]}" if args and args[0] in names else "toolkit"

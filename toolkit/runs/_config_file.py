@@ -53,7 +53,7 @@ def _read(path: Path) -> dict[str, Any]:
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ToolkitError(f"--config={path} {what}; give a TOML file or a run's config.json.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not TOML
     except (OSError, UnicodeDecodeError) as e:
         raise ToolkitError(f"--config={path} cannot be read ({e}).") from None
     if path.suffix.lower() == ".json":

@@ -165,6 +165,9 @@ def claim(out: Path, *, new: bool) -> Iterator[None]:
     try:
         fd = _lock(out, option="--out" if new else "--resume")
     except BaseException:
+        if made:  # this call made `out`: a lock file it may have left there goes too
+            with contextlib.suppress(OSError):
+                (out / LOCK).unlink()
         _remove_made(made)
         raise
     try:
@@ -236,8 +239,15 @@ def _lock(out: Path, *, option: str) -> int | None:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as e:  # a full disk or quota: one line, and the lock let go
+                _unlock(out, fd)
+                raise ToolkitError(
+                    f"{option}={out} cannot be written ({e.strerror or e}); free space or "
+                    "fix permissions, then run again."
+                ) from None
             return fd
         os.close(fd)
 

@@ -58,6 +58,20 @@ CASES = [
         "its 'config' was edited after the run",
     ),
     (["train", "--eval-every", "0", *_TINY], "eval_every=0"),
+    (["table", ""], "RUNS='' is an empty path"),
+    (["pareto", "", "--out", "{ws}/p"], "RUNS='' is an empty path"),
+    (
+        ["train", "--quiet=1", "--noise-multiplier", "1", "--out", "{ws}/new"],
+        "--quiet is a flag and takes no value (got --quiet=1). (see toolkit train --help)",
+    ),
+    (
+        ["train", "--noise-multiplier", "1", "--out", "{ws}/a-file"],
+        "--out={ws}/a-file is not a directory; choose a new directory.",
+    ),
+    (
+        ["train", "--noise-multiplier", "1", "--out", "{links}/dangling/run"],
+        "is a symbolic link to {links}/nowhere, which does not exist",
+    ),
 ]
 
 
@@ -68,8 +82,12 @@ def test_silent_changes_are_errors(args, needle, ws, capsys):  # noqa: F811
     record = json.loads((root / "edited" / rundir.CONFIG).read_text())
     record["config"]["noise_multiplier"] = 7.0  # edited by hand
     (root / "edited" / rundir.CONFIG).write_text(json.dumps(record))
-    args = [a.format(ws=root, data=data) for a in args]
-    _fails_cleanly(args, capsys, root, needle)
+    links = root.parent / f"{root.name}-links"  # outside `root`, whose files are compared
+    links.mkdir()
+    (links / "dangling").symlink_to(links / "nowhere")
+    args = [a.format(ws=root, data=data, links=links) for a in args]
+    line = _fails_cleanly(args, capsys, root, needle.format(ws=root, links=links))
+    assert "--resume" not in line or "exists and is not empty" in line
 
 
 def test_an_unedited_run_config_still_reruns(ws, capsys):  # noqa: F811
@@ -103,6 +121,8 @@ def test_a_sweep_file_takes_the_same_rules_as_the_command_line(tmp_path):
 def test_help_shows_flags_without_a_value_type(capsys):
     from typer.testing import CliRunner
 
+    top = CliRunner().invoke(app, ["--help"], terminal_width=200).output
+    assert "--help" in top and "<bool>" not in top
     text = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
     flags = [ln for ln in text.splitlines() if "--no-privacy" in ln or "--quiet" in ln]
     assert len(flags) == 2 and not any("<bool>" in ln for ln in flags), flags
@@ -147,3 +167,11 @@ def test_eval_every_k_epochs_evaluates_those_and_the_last(tiny_data_dir):
     # Evaluation is read-only: the trained numbers are the same, epoch for epoch.
     assert [r.train_loss for r in history] == [r.train_loss for r in full]
     assert history[-1].metrics["test_accuracy"] == full[-1].metrics["test_accuracy"]
+
+
+def test_a_toml_file_with_a_byte_order_mark_reads(tmp_path):
+    from toolkit.runs import load_settings
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeffepochs = 2\r\nlr = 0.5\r\n".encode())
+    assert load_settings(path) == {"epochs": 2, "lr": 0.5}

@@ -177,3 +177,57 @@ def test_divergence_message_says_what_the_directory_holds(tiny_data_dir, tmp_pat
         assert f"the checkpoint of epoch {done} is kept in {out}" in str(info.value)
         assert (out / rundir.CHECKPOINT).exists()
     assert (done == 0) == (epochs_done == 0), (done, str(info.value))
+
+
+def test_a_full_disk_when_claiming_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """The lock file's pid cannot be written (ENOSPC): a one-line error, no directory."""
+    import errno
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "pwrite", full)
+    out = tmp_path / "new" / "run"
+    full_disk = "cannot be written \\(No space left on device\\)"
+    with pytest.raises(ToolkitError, match=full_disk), claim(out, new=True):
+        pass
+    assert not (tmp_path / "new").exists()
+
+
+_TERM = """
+import sys, time
+from pathlib import Path
+from toolkit.cli._launch import exit_on_sigterm
+from toolkit.runs import claim
+exit_on_sigterm()
+with claim(Path(sys.argv[1]), new=True):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigterm_before_the_config_is_written_leaves_nothing(tmp_path):
+    """`timeout` or Slurm stopping a run during its set-up: exit 143, no directory left."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _TERM, str(out)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "held" and (out / rundir.LOCK).exists()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not out.exists()
+
+
+def test_an_interrupted_run_says_how_to_continue(tiny_run, tmp_path, capsys):
+    from toolkit.cli._app import _says_how_to_continue
+
+    run = shutil.copytree(tiny_run.out, tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt), _says_how_to_continue(run):
+        raise KeyboardInterrupt
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"interrupted: {run} keeps 2 finished epoch(s); continue with toolkit train --resume {run}"
+    )
