@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import toolkit.runs
 from experiments import sweep
 from tests.experiments import sweep_models
 from toolkit.base import ToolkitError
@@ -147,21 +146,6 @@ def test_retry_failed_resumes_a_diverged_point_which_diverges_again(ws):
     assert again["error"] == first["error"] and again["time"] > first["time"]
 
 
-@pytest.mark.slow  # starts a local Ray cluster
-def test_ray_executor_records_a_diverged_point_and_goes_on(ws):
-    ray = pytest.importorskip("ray")
-    tmp, spec = ws
-    runs = sweep.load(spec("lr = [1e30, 0.1]"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # fmt: skip
-    try:
-        status = sweep.run_sweep(runs, tmp / "root", executor="ray")
-    finally:
-        ray.shutdown()
-    assert status == {DIVERGES: "diverged", TRAINS: "trained"}
-    assert set(sweep.read_failures(tmp / "root")) == {DIVERGES}
-
-
 def test_a_bug_in_a_point_propagates_with_its_traceback(ws, monkeypatch):
     from toolkit import training
 
@@ -178,8 +162,6 @@ def test_a_bug_in_a_point_propagates_with_its_traceback(ws, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # JAX's; the child execs at once
 def test_a_point_held_by_another_process_is_busy_not_failed(ws):
-    if not hasattr(toolkit.runs, "RunDirBusy"):
-        pytest.skip("toolkit.runs has no run-directory lock (RunDirBusy) yet")
     tmp, spec = ws
     root = tmp / "root"
     held = root / TRAINS
