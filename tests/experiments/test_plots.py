@@ -80,7 +80,8 @@ def test_sweep_refuses_a_directory_of_another_config(tiny_data_dir, tmp_path):
 
 def test_ray_executor_runs_the_same_configs(tiny_data_dir, tmp_path):
     ray = pytest.importorskip("ray")
-    runs = sweep.expand(_spec(tiny_data_dir, activation=["relu", "tanh"], seed=[0]))
+    # One point: what is checked is that a Ray task trains the numbers a local run does.
+    runs = sweep.expand(_spec(tiny_data_dir, activation=["relu"], seed=[0]))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         status = sweep.run_sweep(runs, tmp_path / "ray", executor="ray")
