@@ -25,6 +25,7 @@ from toolkit.runs import RunConfig
 from toolkit.studies import _audit as audit
 from toolkit.studies import _audit_stats as audit_stats
 from toolkit.training import _dpsgd as dpsgd
+from toolkit.training._loop import Loop
 
 runner = CliRunner()
 CONF = 0.95
@@ -186,6 +187,15 @@ def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):
         return recording
 
     monkeypatch.setattr(dpsgd, "make_accumulate_fn", spy)
+    histories = []
+    real_run = Loop.run
+
+    def run(self, *args, **kwargs):
+        result = real_run(self, *args, **kwargs)
+        histories.append(result[2])
+        return result
+
+    monkeypatch.setattr(Loop, "run", run)
     cfg = RunConfig(
         dataset="fashion-mnist",
         data_dir=str(tiny_data_dir),
@@ -194,6 +204,10 @@ def test_dp_run_audit_stays_below_the_accountant(tiny_data_dir, monkeypatch):
         **TINY,
     )
     record = audit.run_audit(cfg, canaries=100)
+    # The train time is the epochs and their compilation, as a run's summary counts it:
+    # the set-up (model, per-example check) and the scoring are not training.
+    (history,) = histories
+    assert record.train_time_s == sum(r.epoch_time_s + (r.compile_time_s or 0) for r in history)
     full = load_dataset("fashion-mnist", data_dir=tiny_data_dir)
     present = np.concatenate(
         [np.ones(100, bool), audit.make_canaries(full, base=100, m=100, seed=0).included]
