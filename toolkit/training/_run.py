@@ -23,6 +23,7 @@ metric hooks compute on private data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -278,9 +279,7 @@ def train(
     is written leaves nothing there. `tensorboard`: also write each epoch's scalars there
     (`toolkit.training._tracking`).
     """
-    if out is None:
-        return _train(cfg, out, progress, tensorboard, objects, metrics)
-    with rundir.claim(out, new=True):
+    with contextlib.nullcontext() if out is None else rundir.claim(out, new=True):
         return _train(cfg, out, progress, tensorboard, objects, metrics)
 
 
