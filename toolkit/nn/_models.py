@@ -14,7 +14,9 @@ of Brock et al. 2021, "Characterizing signal propagation to close the performanc
 unnormalized ResNets", as used for DP-SGD by De et al. 2022): per output channel,
 `W_hat = (W - mean(W)) / (std(W) sqrt(fan_in))`. It normalises the weights, never the
 activations, so examples stay independent, and it adds no parameter (26,010 stay
-26,010). Book-keeping does not know this layer and `auto` takes the vmap path.
+26,010). The layer contracts through its `conv_general_dilated` hook with the kernel
+`kernel_transform(kernel)`, as book-keeping (`toolkit.grads`) expects of a convolution
+whose kernel is reparameterised.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class WSConv(nnx.Module):
     """A 2-D convolution whose kernel is weight-standardised at every call.
 
     Same parameters (`kernel` HWIO, `bias`) and initialisation as `nnx.Conv`; NHWC input.
+    Like `nnx.Conv` it contracts through its `conv_general_dilated` attribute, here with
+    the kernel `kernel_transform(kernel)`: the hook book-keeping taps.
     """
 
     def __init__(self, cin: int, cout: int, k: int, stride: int, padding: str, rngs: nnx.Rngs):
@@ -55,12 +59,15 @@ class WSConv(nnx.Module):
         # the same initial weights as in the plain CNN of the same seed.
         self.bias = nnx.Param(nnx.initializers.zeros_init()(rngs.params(), (cout,)))
         self.stride, self.padding = stride, padding
+        self.kernel_transform = standardize_kernel
+        self.conv_general_dilated = jax.lax.conv_general_dilated
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x, standardize_kernel(self.kernel[...]), (self.stride, self.stride), self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )  # fmt: skip
+        kernel = self.kernel_transform(self.kernel[...])
+        dims = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+        y = self.conv_general_dilated(
+            x, kernel, (self.stride, self.stride), self.padding, dimension_numbers=dims
+        )
         return y + self.bias[...].reshape((1,) * (y.ndim - 1) + (-1,))
 
 
