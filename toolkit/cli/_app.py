@@ -20,7 +20,7 @@ from rich.table import Table
 from toolkit.base import ToolkitError
 from toolkit.cli._errors import one_line_errors
 from toolkit.cli._group import ToolkitGroup
-from toolkit.cli._inputs import given_options, show_defaults, train_defaults
+from toolkit.cli._inputs import flag, given_options, show_defaults, train_defaults
 from toolkit.cli._options import RUN, run_config, run_options
 
 app = typer.Typer(
@@ -55,6 +55,13 @@ def train(
     tensorboard: Path = typer.Option(
         None, help="Also write per-epoch scalars as TensorBoard events here (extra: tensorboard)."
     ),
+    coordinator: str = typer.Option(
+        None, help="HOST:PORT of process 0: train one run with several processes (hosts)."
+    ),
+    num_processes: int = typer.Option(None, help="With --coordinator: how many processes."),
+    process_id: int = typer.Option(
+        None, help="With --coordinator: this process, 0 to N-1 (0 writes --out)."
+    ),
 ) -> None:  # fmt: skip
     """Train a model with DP-SGD (or without privacy) and record the run.
 
@@ -62,6 +69,9 @@ def train(
     values = dict(locals())  # the options (toolkit.cli._options), before anything else
     from toolkit import training as train_lib
 
+    launch = {"coordinator": coordinator, "num_processes": num_processes,
+              "process_id": process_id}  # fmt: skip
+    distributed = _distributed(launch, resume=resume)
     if resume is not None:
         others = {k: v for k, v in values.items() if k not in _RESUME_KEEPS}
         others["config"] = others.pop("config_file")  # its flag is --config
@@ -76,8 +86,28 @@ def train(
         return
     cfg = run_config(values)
     with _says_how_to_continue(out):
-        result = train_lib.train(cfg, out=out, progress=not quiet, tensorboard=tensorboard)
-    _print_summary(result.summary, out)
+        result = train_lib.train(
+            cfg, out=out, progress=not quiet, tensorboard=tensorboard, distributed=distributed
+        )
+    _print_summary(result.summary, out if not process_id else None)  # process 0 writes --out
+
+
+def _distributed(launch: dict, *, resume: Path | None) -> dict | None:
+    """train's `distributed=` from --coordinator, --num-processes, --process-id: all or none."""
+    given = given_options(launch)
+    if not given:
+        return None
+    if len(given) < len(launch):
+        missing = [f for f in map(flag, launch) if f not in given]
+        raise ToolkitError(
+            f"{', '.join(given)} without {', '.join(missing)}: a run over several processes "
+            "needs --coordinator, --num-processes and --process-id in every process."
+        )
+    if resume is not None:
+        raise ToolkitError(
+            f"--resume={resume} runs in one process; it cannot be combined with {', '.join(given)}."
+        )
+    return launch
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ micro-batches whose clipped sums are accumulated by a Python loop over the jitte
 `accumulate`, and the privatized optimizer (noise on the sum, / B, step) is applied
 once. Each example's randomness is keyed by (secret stream, t, the example's identity)
 (`toolkit.privacy.randomness`), the noise by (noise key, t), so a resumed run is bit for bit an
-uninterrupted one, and no example's randomness depends on its row or micro-batch.
+uninterrupted one, and no example's randomness depends on its row or micro-batch. Over
+several processes (`toolkit.training._distributed`) every process runs this loop on the
+same values, its micro-batches sharded over the devices of all (`toolkit.training._parallel`).
 
 Per epoch: an `EpochRecord` with the training statistics and eps, plus what each
 metric hook returns (`toolkit.training.metrics`; a hook is any `f(EpochContext) -> dict`), then
@@ -161,6 +163,7 @@ class Loop:
         spe = self.steps_per_epoch
         params, opt_state = self.devices.replicate((params, opt_state))
         zeros = jax.tree.map(jnp.zeros_like, params)
+        to_host, local = self.devices.to_host, self.devices.local  # identities on one process
         label = self.privacy.label if self.privacy is not None else NON_PRIVATE_LABEL
         if progress is not None:
             progress.start(self.epochs * spe, start_epoch * spe)
@@ -188,17 +191,21 @@ class Loop:
                     if progress is not None:
                         progress.step(f"epoch {epoch + 1}/{self.epochs}")
                 sampled = np.concatenate(masks)
-                all_norms = np.concatenate([np.asarray(v) for v in norms])[sampled]
+                all_norms = np.concatenate([to_host(v) for v in norms])[sampled]
                 # Each example against the C its step clipped at (the quantile rule moves it).
                 row_clip = np.repeat(np.asarray(clip_norms, np.float64), [len(m) for m in masks])
                 clip_now = clip_norm_of(opt_state)
-                all_losses = np.concatenate([np.asarray(v) for v in losses])[sampled]
+                all_losses = np.concatenate([to_host(v) for v in losses])[sampled]
                 # Single examples with a non-finite loss or gradient are dropped by the
                 # clipping rule and left out of the mean loss; the run has diverged only
                 # when the parameters stop being finite or no example of the epoch is.
                 finite_losses = all_losses[np.isfinite(all_losses)]
+                # What follows sees this process's own copy (over several processes an
+                # eager op on the global arrays would be a collective).
+                own_params, own_opt_state = local((params, opt_state))
                 finite = (finite_losses.size > 0 or all_losses.size == 0) and all(
-                    bool(np.all(np.isfinite(x))) for x in jax.device_get(jax.tree.leaves(params))
+                    bool(np.all(np.isfinite(x)))
+                    for x in jax.device_get(jax.tree.leaves(own_params))
                 )  # on the host: eager jnp ops would compile in epoch 1, once per leaf shape
                 if not finite:
                     raise TrainingDiverged(
@@ -207,8 +214,8 @@ class Loop:
                         f"private data: not covered by eps){self.lr_hint}{self._kept(epoch)}."
                     )
                 ctx = EpochContext(
-                    epoch + 1, (epoch + 1) * spe, self.graphdef, params, self.state,
-                    averaging.averaged(opt_state),
+                    epoch + 1, (epoch + 1) * spe, self.graphdef, own_params, self.state,
+                    averaging.averaged(own_opt_state),
                 )  # fmt: skip
                 metrics: dict[str, Any] = {}
                 for hook in self.metrics:
@@ -236,10 +243,11 @@ class Loop:
                 if progress is not None:
                     progress.epoch(record)
                 if on_epoch_end is not None:
-                    on_epoch_end(params, opt_state, history)
+                    on_epoch_end(own_params, own_opt_state, history)
         finally:
             if progress is not None:
                 progress.close()
+        params, opt_state = local((params, opt_state))
         return params, opt_state, history
 
 

@@ -54,6 +54,7 @@ from toolkit.runs import EpochRecord, RunConfig, RunSummary, config_from_record,
 from toolkit.runs import resolve as resolve_config
 from toolkit.runs import validate as validate_config
 from toolkit.training import _averaging as averaging
+from toolkit.training import _distributed as multihost
 from toolkit.training import _dpsgd as dpsgd
 from toolkit.training import metrics as metrics_lib
 from toolkit.training._loop import Loop, MetricFn
@@ -134,11 +135,8 @@ def build_loop(
     # Checked at the micro-batch shape training runs (before rounding to the devices).
     physical = physical_batch_size(cfg.batch_size, max_physical=cfg.max_physical_batch)
     clip = clip.checked(params, state, train_x, train_y, rows=min(physical, n))
-    # All local devices share the per-example work. Not under vmap: XLA 0.10 returns wrong
-    # vmap'd convolution kernel gradients on batch-sharded inputs (benchmarks/README.md).
-    devices = (
-        DataParallel() if clip.implementation == "bookkeeping" else DataParallel(jax.devices()[:1])
-    )
+    # All local devices (over several processes: all devices) share the per-example work.
+    devices = DataParallel.of_run(clip.implementation)
     tx = mechanism.privatized(optimizer, expected_batch_size=float(cfg.batch_size), key=noise_key)
     if cfg.ema_decay is not None:
         tx = optax.chain(tx, averaging.track_ema(cfg.ema_decay))
@@ -271,6 +269,7 @@ def train(
     tensorboard: Path | None = None,
     objects: Objects = Objects(),
     metrics: Sequence[MetricFn] = (),
+    distributed: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Run `cfg` from scratch; all validation (settings, data, --out) before anything is written.
 
@@ -278,8 +277,24 @@ def train(
     second run started on it fails at once, and a run that fails before its config.json
     is written leaves nothing there. `tensorboard`: also write each epoch's scalars there
     (`toolkit.training._tracking`).
+
+    `distributed`: `{"coordinator": "HOST:PORT", "num_processes": N, "process_id": I}`
+    trains this one run with N processes, each calling `train` with the same `cfg`
+    (`toolkit.training._distributed`; JAX must not have computed anything yet in this
+    process). So does a process that called `jax.distributed.initialize` itself. Only
+    process 0 writes `out` and `tensorboard`, and shows progress; every process returns
+    the same result.
     """
+    if distributed is not None:
+        distributed = multihost.check(distributed)
+        validate_config(cfg)  # in every process, before any joins: none is left waiting
+        if distributed["process_id"] != 0:
+            out, tensorboard, progress = None, None, False
+    elif not multihost.writes_records():  # one of several processes, not process 0
+        out, tensorboard, progress = None, None, False
     with contextlib.nullcontext() if out is None else rundir.claim(out, new=True):
+        if distributed is not None:  # process 0 joins once it holds --out
+            multihost.initialize(**distributed)
         return _train(cfg, out, progress, tensorboard, objects, metrics)
 
 
@@ -299,6 +314,8 @@ def _train(cfg, out, progress, tensorboard, objects, metrics) -> FitResult:
             "provenance": rundir.provenance(),
             "privacy": privacy.label if privacy else NON_PRIVATE_LABEL,
         }
+        if multihost.process_count() > 1:  # one run, trained by several processes
+            extra["processes"] = multihost.process_count()
         rundir.write_config(out, s.config, extra)
     return _run(s, out, start_epoch=0, history=[], progress=progress, sink=sink)
 
@@ -325,6 +342,11 @@ def resume(
     only from a checkpoint that holds them (`rundir.check_records_kept`), and the directory
     is held by this process while it runs (`rundir.claim`).
     """
+    if multihost.process_count() > 1:
+        raise ToolkitError(
+            f"resume({str(out)!r}) runs in one process; this one is one of "
+            f"{multihost.process_count()} (jax.distributed)."
+        )
     given = (model, train_data, eval_data, loss_fn, optimizer)
     out = Path(out)
     rundir.read_config(out)  # a run directory at all, before it is claimed
@@ -472,6 +494,7 @@ def fit(
     keep_checkpoints: int = 0,
     eval_every: int = 1,
     tensorboard: str | Path | None = None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` with DP-SGD on `train_data`; returns the trained model and its eps.
 
@@ -537,6 +560,10 @@ def fit(
             after every K-th epoch and the last one only (the other epochs' records hold
             no held-out metrics).
         tensorboard: Also write each epoch's scalars there as TensorBoard events.
+        distributed: `{"coordinator": "HOST:PORT", "num_processes": N, "process_id": I}`:
+            train this run with N processes, each calling `fit` with the same arguments
+            (`train`); give `model` as a factory or name, since JAX must not have computed
+            anything before. Only process 0 writes `out`.
 
     Returns:
         A `FitResult`: `.model`, `.epsilon` (all three accountants), `.history`, `.config`.
@@ -562,7 +589,7 @@ def fit(
     return train(
         cfg, out=None if out is None else Path(out), progress=progress,
         tensorboard=None if tensorboard is None else Path(tensorboard), objects=objects,
-        metrics=metrics,
+        metrics=metrics, distributed=distributed,
     )  # fmt: skip
 
 
