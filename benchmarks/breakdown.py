@@ -75,7 +75,7 @@ def _layers(dataset: str) -> list[tuple[str, int, int, int, bool]]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from toolkit.grads import _bookkeeping as bookkeeping
+    from toolkit.grads import _layer_rules as layer_rules
     from toolkit.nn import ActivationSpec, build_model
 
     model = build_model(dataset, ActivationSpec("tanh"), seed=0)
@@ -95,7 +95,7 @@ def _layers(dataset: str) -> list[tuple[str, int, int, int, bool]]:
                 kk *= s
             o = _kernel[-1]
             rows.append(
-                ("/".join(map(str, _path)), t, kk, o, bookkeeping._use_ghost("mixed", t, kk, o))
+                ("/".join(map(str, _path)), t, kk, o, layer_rules.use_ghost("mixed", t, kk, o))
             )
             return out
 

@@ -35,14 +35,9 @@ from toolkit.grads import Augmult
 N, C = 13, 0.05
 
 # (model, implementation): every path each model is accepted on.
-CASES = [
-    ("mlp", "bookkeeping"), ("mlp", "vmap"),
-    ("paper-cnn", "bookkeeping"), ("paper-cnn", "vmap"),
-    ("dropout", "auto"), ("dropout", "bookkeeping"), ("dropout", "vmap"),
-    ("layernorm", "vmap"), ("groupnorm", "vmap"), ("ws-conv", "vmap"),
-    ("embedding", "vmap"), ("attention", "vmap"), ("augmult", "vmap"),
-    ("custom-variable", "bookkeeping"), ("custom-variable", "vmap"),
-]  # fmt: skip
+CASES = [(name, path) for name in zoo.ZOO for path in ("bookkeeping", "vmap")] + [
+    ("dropout", "auto"),
+]
 SLOW = {"paper-cnn", "attention", "augmult"}
 
 

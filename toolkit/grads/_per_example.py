@@ -13,7 +13,8 @@ the part of DP-SGD that touches examples; noise goes on its output
 
 Two implementations give the same sum to float32 rounding:
   bookkeeping: one batched backward pass, per-layer norms (`toolkit.grads._bookkeeping`),
-               for models of nnx.Linear / nnx.Conv layers;
+               for models of Linear, LinearGeneral, Conv (weight-standardised too) and
+               Embed layers, any other parameter given one copy per example;
   vmap:        `jax.vmap(jax.grad(loss))` over examples, the reference; any model.
 `implementation="auto"` takes book-keeping when `checked` finds that it agrees with vmap
 on real examples, vmap otherwise.
@@ -178,7 +179,7 @@ class ClippedGradFn:
     gamma: float
     implementation: str
     norm_rule: str = "mixed"
-    augment: Augmult | None = None  # K views per example, averaged before clipping (vmap)
+    augment: Augmult | None = None  # K views per example, averaged before clipping
     layer_split: str = "equal"  # per-layer clipping's C_l (toolkit.grads.clipping)
 
     @property
@@ -226,13 +227,14 @@ class ClippedGradFn:
         def weights_fn(norms):
             return self.weights(norms, mask, params=params, clip_norm=clip_norm)
 
-        if self.implementation != "vmap" and self.augment is None:
+        if self.implementation != "vmap":
             fast = bookkeeping.make_clipped_grad(
                 self.graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule,
-                per_layer=self.per_layer,
+                per_layer=self.per_layer, augment=self.augment,
             )  # fmt: skip
+            keyed = random_state or self.augment is not None
             try:  # decided once, while tracing
-                out = fast(params, x, y, weights_fn, state, keys if random_state else None)
+                out = fast(params, x, y, weights_fn, state, keys if keyed else None)
                 return _checked_shapes(ClippedGrad(*out), x)
             except bookkeeping.Unsupported:
                 if self.implementation == "bookkeeping":
@@ -304,15 +306,19 @@ class ClippedGradFn:
         """Check 2 of `checked`: book-keeping against vmap, in evaluation mode."""
         if self.implementation == "vmap":
             return self
-        if self.augment is not None:  # book-keeping has no per-example groups of rows
-            return dataclasses.replace(self, implementation="vmap")
         x, y = x[:3], y[:3]
         graphdef, state = _deterministic(self.graphdef, params, state)
+        # augmult's views need keys: any fixed ones, the same on both paths
+        keys = None
+        if self.augment is not None:
+            keys = jax.random.split(jax.random.key(0), x.shape[0])
         fast = bookkeeping.make_clipped_grad(
-            graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule
+            graphdef, loss_fn=self.loss_fn, norm_rule=self.norm_rule, augment=self.augment
         )
         try:
-            _, norms, _ = jax.jit(lambda p: fast(p, x, y, jnp.ones_like, state=state))(params)
+            _, norms, _ = jax.jit(lambda p: fast(p, x, y, jnp.ones_like, state=state, keys=keys))(
+                params
+            )
         except bookkeeping.Unsupported as e:
             if self.implementation == "bookkeeping":
                 raise ToolkitError(
@@ -322,8 +328,8 @@ class ClippedGradFn:
         # The reference at full float32 precision, as book-keeping's norms are: on a GPU the
         # default (TF32) alone can differ from them by ~1e-3 and fail the comparison.
         with jax.default_matmul_precision("highest"):
-            ref_grads = jax.jit(per_example_grads_fn(graphdef, self.loss_fn))
-            _, grads = ref_grads(params, x, y, state)
+            ref_grads = jax.jit(per_example_grads_fn(graphdef, self.loss_fn, self.augment))
+            _, grads = ref_grads(params, x, y, state, keys)
         ref = np.asarray(clip_lib.per_example_norms(grads))
         norms = np.asarray(norms)
         # Equal to rounding, plus the ghost norms' rounding slack (<= 2e-4 on the paper's CNNs).
@@ -365,7 +371,6 @@ def clipped_grad(
         norm_rule: Book-keeping's per-layer choice ("mixed", "ghost", "materialise").
         augment: Augmentation multiplicity (`toolkit.grads._augment.Augmult`): each example's
             gradient is the mean over its K views, then clipped; sensitivity unchanged.
-            Runs on the vmap path ("auto" takes it; "bookkeeping" is refused).
         layer_split: Per-layer clipping's C_l: "equal" (C / sqrt(L)) or "size"
             (C sqrt(d_l / d)).
 
@@ -383,11 +388,6 @@ def clipped_grad(
         raise ToolkitError(
             f"implementation={implementation!r} is unknown; "
             f"expected one of {', '.join(IMPLEMENTATIONS)}."
-        )
-    if augment is not None and implementation == "bookkeeping":
-        raise ToolkitError(
-            "per_example='bookkeeping' cannot run augmentation multiplicity (an example's "
-            "gradient spans K views); use per_example='auto' or 'vmap'."
         )
     if layer_split not in clip_lib.LAYER_SPLITS:
         raise ToolkitError(

@@ -402,14 +402,6 @@ def validate(cfg: RunConfig, *, num_examples: int | None = None) -> None:
     )
     _require(0 <= cfg.augmult <= 64, f"augmult={cfg.augmult} must be in [0, 64] (0: off).")
     _require(
-        cfg.augmult == 0 or cfg.per_example != "bookkeeping",
-        f"augmult={cfg.augmult} runs on the vmap path; per_example='bookkeeping' cannot run it.",
-    )
-    _require(
-        not (cfg.weight_standardization and cfg.per_example == "bookkeeping"),
-        "weight_standardization runs on the vmap path; per_example='bookkeeping' cannot run it.",
-    )
-    _require(
         cfg.ema_decay is None or (math.isfinite(cfg.ema_decay) and 0 < cfg.ema_decay < 1),
         f"ema_decay={cfg.ema_decay} must be in (0, 1).",
     )

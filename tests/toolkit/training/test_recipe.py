@@ -214,14 +214,17 @@ def test_augmult_views_are_shifts_and_flips_of_the_image():
     np.testing.assert_array_equal(views, again)  # keyed: the same example key repeats
 
 
+@pytest.mark.parametrize("implementation", ["bookkeeping", "vmap"])
 @pytest.mark.parametrize(("clipping", "bound"), [("flat", 0.05), ("automatic", 1.0)])
-def test_augmult_clips_the_mean_of_the_views_once_and_keeps_the_sensitivity(clipping, bound):
+def test_augmult_clips_the_mean_of_the_views_once_and_keeps_the_sensitivity(
+    clipping, bound, implementation
+):
     graphdef, params, state, x, y = _cnn_problem()
     aug = Augmult(4)
     fn = per_example.clipped_grad(
-        graphdef, clip_norm=0.05, clipping=clipping, implementation="auto", augment=aug
+        graphdef, clip_norm=0.05, clipping=clipping, implementation=implementation, augment=aug
     ).checked(params, state, x, y)
-    assert fn.implementation == "vmap"
+    assert fn.implementation == implementation
     keys = jax.random.split(jax.random.key(7), 6)
     # By hand for example 0: K view gradients of the plain loss, averaged, then clipped.
     views = aug.views(x[0], keys[0])
@@ -245,24 +248,17 @@ def test_augmult_clips_the_mean_of_the_views_once_and_keeps_the_sensitivity(clip
     assert float(six.norms[5]) > 0.05  # the added example is clipped: the bound is tight-ish
 
 
-def test_augmult_refuses_bookkeeping(tiny_data_dir):
-    graphdef, *_ = _cnn_problem()
-    with pytest.raises(ToolkitError, match="cannot run augmentation multiplicity"):
-        per_example.clipped_grad(graphdef, clip_norm=1.0, implementation="bookkeeping",
-                                 augment=Augmult(2))  # fmt: skip
-    with pytest.raises(ToolkitError, match="augmult=4 runs on the vmap path"):
-        train_lib.train(_cfg(tiny_data_dir, augmult=4, per_example="bookkeeping"))
+def test_augmult_k_out_of_range_is_refused(tiny_data_dir):
     with pytest.raises(ToolkitError, match="augmult=-1"):
         train_lib.train(_cfg(tiny_data_dir, augmult=-1))
 
 
 @pytest.mark.slow
-def test_a_run_with_augmult_trains_on_the_vmap_path(tiny_data_dir):
-    # Any image model: augmult is per-example work before clipping, forced onto vmap (the
-    # paper CNN's per-example gradients under augmult: the tests above).
+def test_a_run_with_augmult_trains_on_the_bookkeeping_path(tiny_data_dir):
+    # The views of an example are its rows on the book-keeping path (toolkit.grads).
     cfg = _cfg(tiny_data_dir, epochs=1, augmult=2, limit_train=200, **TINY_MODEL)
     result = train_lib.train(cfg)
-    assert result.history[-1].per_example_grads == "vmap"
+    assert result.history[-1].per_example_grads == "bookkeeping"
     assert 0.0 <= result.history[-1].metrics["test_accuracy"] <= 1.0
 
 
@@ -315,10 +311,7 @@ def test_ws_model_has_the_paper_parameters_and_is_a_conv_of_the_standardized_ker
     np.testing.assert_allclose(ws(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
-def test_ws_refuses_bookkeeping_and_trains_on_vmap_with_the_sensitivity_bound(tiny_data_dir):
-    with pytest.raises(ToolkitError, match="weight_standardization runs on the vmap path"):
-        train_lib.train(_cfg(tiny_data_dir, weight_standardization=True,
-                             per_example="bookkeeping"))  # fmt: skip
+def test_ws_trains_on_bookkeeping_with_the_sensitivity_bound():
     from toolkit.nn import ActivationSpec, build_model
 
     model = build_model("mnist", ActivationSpec("tanh"), seed=0, weight_standardization=True)
@@ -327,7 +320,7 @@ def test_ws_refuses_bookkeeping_and_trains_on_vmap_with_the_sensitivity_bound(ti
     x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
     y = jnp.arange(6) % 10
     checked = fn.checked(params, state, x, y)
-    assert checked.implementation == "vmap"  # book-keeping does not know WSConv
+    assert checked.implementation == "bookkeeping"  # WSConv's hook and kernel_transform
     out = checked(params, state, x, y)
     # Each example's clipped gradient has norm <= C: the sum of 6 has norm <= 6 C.
     total = np.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(out.clipped_sum)))
@@ -341,7 +334,7 @@ def test_a_ws_run_reloads_as_a_ws_model(tiny_data_dir, tmp_path):
 
     cfg = _cfg(tiny_data_dir, epochs=1, weight_standardization=True, limit_train=200)
     result = train_lib.train(cfg, out=tmp_path / "r")
-    assert result.history[-1].per_example_grads == "vmap"
+    assert result.history[-1].per_example_grads == "bookkeeping"
     loaded = toolkit.load_run(tmp_path / "r").model
     x = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
     assert type(loaded.conv1).__name__ == "WSConv"
