@@ -55,8 +55,8 @@ class DataParallel:
             raise ToolkitError(
                 f"training over {jax.process_count()} processes shards every micro-batch, "
                 f"which the {implementation} per-example path cannot (an XLA bug with vmap'd "
-                "convolutions, benchmarks/README.md); this run needs vmap (augmult, a layer "
-                "without a book-keeping rule, or --per-example vmap): train it in one process."
+                "convolutions, benchmarks/README.md); this run needs vmap (a layer without a "
+                "book-keeping rule, or --per-example vmap): train it in one process."
             )
         return cls(jax.devices())
 
