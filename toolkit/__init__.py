@@ -18,30 +18,55 @@ The sub-packages, bottom to top: `base`, `privacy`, `grads` / `nn` / `data`, `ru
 `training`, `studies` (audit, clipping bias), `cli`.
 """
 
-from toolkit.base import ToolkitError
-from toolkit.grads import (
-    ClippedGrad,
-    ClippedGradFn,
-    clipped_grad,
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy,
-    split_model,
-)
-from toolkit.nn import tempered_sigmoid
-from toolkit.privacy import PrivacyParams, PrivatizerState, gaussian_privatizer, randomness
-from toolkit.runs import EpochRecord, GradNormStats, RunConfig, RunSummary
-from toolkit.training import (
-    EpochContext,
-    FitResult,
-    OptimizerSpec,
-    TrainingDiverged,
-    fit,
-    load_run,
-    metrics,
-    optimizer,
-    resume,
-    train,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Each public name and the sub-package that defines it, imported on first use: the
+# console script's `from toolkit.cli import main` then loads no JAX before `main`
+# re-executes the interpreter with the allocator settings (`toolkit.cli._launch`).
+_PUBLIC = {
+    "toolkit.base": ("ToolkitError",),
+    "toolkit.grads": (
+        "ClippedGrad", "ClippedGradFn", "clipped_grad", "sigmoid_binary_cross_entropy",
+        "softmax_cross_entropy", "split_model",
+    ),
+    "toolkit.nn": ("tempered_sigmoid",),
+    "toolkit.privacy": ("PrivacyParams", "PrivatizerState", "gaussian_privatizer", "randomness"),
+    "toolkit.runs": ("EpochRecord", "GradNormStats", "RunConfig", "RunSummary"),
+    "toolkit.training": (
+        "EpochContext", "FitResult", "OptimizerSpec", "TrainingDiverged", "fit", "load_run",
+        "metrics", "optimizer", "resume", "train",
+    ),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+if TYPE_CHECKING:
+    from toolkit.base import ToolkitError
+    from toolkit.grads import (
+        ClippedGrad,
+        ClippedGradFn,
+        clipped_grad,
+        sigmoid_binary_cross_entropy,
+        softmax_cross_entropy,
+        split_model,
+    )
+    from toolkit.nn import tempered_sigmoid
+    from toolkit.privacy import PrivacyParams, PrivatizerState, gaussian_privatizer, randomness
+    from toolkit.runs import EpochRecord, GradNormStats, RunConfig, RunSummary
+    from toolkit.training import (
+        EpochContext,
+        FitResult,
+        OptimizerSpec,
+        TrainingDiverged,
+        fit,
+        load_run,
+        metrics,
+        optimizer,
+        resume,
+        train,
+    )
 
 __all__ = [
     "ClippedGrad",
@@ -71,3 +96,15 @@ __all__ = [
     "tempered_sigmoid",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,14 +3,34 @@
 `app` is the typer application; `main` the console entry point. Packages built on the
 toolkit add commands through the entry point group "toolkit.commands" (a function
 `register(app)`); they use `one_line_errors` (bad input: one line, exit 2) and
-`show_defaults`. The helpers are imported before `app`, whose import loads those plugins.
+`show_defaults`. Only `toolkit.cli._launch` (`main`, `run`, the allocator settings) is
+imported with the package: the console script's `from toolkit.cli import main` loads
+nothing heavy before `main` re-executes the interpreter. The rest is imported on first
+use; `app`'s import loads the plugins, which import the helpers from here.
 """
 
-from toolkit.cli._errors import fail, one_line_errors
-from toolkit.cli._inputs import flag, given_options, show_defaults, train_defaults
+from __future__ import annotations
 
-from toolkit.cli._app import PLUGIN_GROUP, app  # isort: skip (loads the plugins)
-from toolkit.cli._launch import TUNED_MALLOC, allocator_env, main, run  # isort: skip
+import importlib
+from typing import TYPE_CHECKING
+
+from toolkit.cli._launch import TUNED_MALLOC, allocator_env, main, run
+
+_MODULE_OF = {
+    "PLUGIN_GROUP": "toolkit.cli._app",
+    "app": "toolkit.cli._app",
+    "fail": "toolkit.cli._errors",
+    "one_line_errors": "toolkit.cli._errors",
+    "flag": "toolkit.cli._inputs",
+    "given_options": "toolkit.cli._inputs",
+    "show_defaults": "toolkit.cli._inputs",
+    "train_defaults": "toolkit.cli._inputs",
+}
+
+if TYPE_CHECKING:
+    from toolkit.cli._app import PLUGIN_GROUP, app
+    from toolkit.cli._errors import fail, one_line_errors
+    from toolkit.cli._inputs import flag, given_options, show_defaults, train_defaults
 
 __all__ = [
     "PLUGIN_GROUP",
@@ -26,3 +46,15 @@ __all__ = [
     "show_defaults",
     "train_defaults",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'toolkit.cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
