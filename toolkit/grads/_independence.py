@@ -90,7 +90,7 @@ def rows_interact(
     """None if each row's training-mode loss (and row 0's gradient) ignores the other rows;
     otherwise where they interact."""
     rows = min(rows, len(x))
-    x, y = jnp.asarray(x[: 2 * rows]), jnp.asarray(y[: 2 * rows])
+    x, y = _head(x, 2 * rows), _head(y, 2 * rows)
     a, variants = _batches(len(x), rows)
     probe = _probe_fn(graphdef, loss_fn)
     ref_loss, ref_grad = probe(params, state, x[a], y[a])
@@ -102,8 +102,15 @@ def rows_interact(
         if k[0]:
             same = same and _close(ref_grad, _flat(grad))
         if not same:
-            return _innermost_mover(graphdef, params, state, x[a], x[v.idx], k)
+            xa, xv = jnp.asarray(x[a]), jnp.asarray(x[v.idx])
+            return _innermost_mover(graphdef, params, state, xa, xv, k)
     return None
+
+
+def _head(a, k: int) -> np.ndarray:
+    """The first `k` rows of `a` on the host: the batches below are cut from it by NumPy
+    indexing (an eager gather on a device array compiles once per index shape and dtype)."""
+    return np.asarray(a[:k] if len(a) > k else a)
 
 
 def _cached(build: Callable) -> Callable:
@@ -140,11 +147,13 @@ def _probe_fn(graphdef: nnx.GraphDef, loss_fn: Callable) -> Callable:
 
 @_cached
 def _keyed_fn(raw: Any) -> Callable:
-    """Jitted `(params, state, x, y, keys, mask) -> (clipped sum, norms, losses)` of a
-    `ClippedGradFn`, one per function (its model, loss and path)."""
+    """Jitted `(params, state, x, y, ids, mask) -> (clipped sum, norms, losses)` of a
+    `ClippedGradFn`, one per function (its model, loss and path). The examples' keys are
+    derived inside, from their identities `ids` and a fixed stream: one compilation."""
 
     @jax.jit
-    def run(params, state, xb, yb, keys, mask):
+    def run(params, state, xb, yb, ids, mask):
+        keys = randomness.example_keys(randomness.example_stream(jax.random.key(0)), 0, ids)
         out = raw(params, state, xb, yb, mask, keys)
         return out.clipped_sum, out.norms, out.losses
 
@@ -154,17 +163,13 @@ def _keyed_fn(raw: Any) -> Callable:
 def keyed_by_example(clip: Any, params: Any, state: Any, x, y, *, rows: int = 4) -> bool:
     """Whether `clip` (a `ClippedGradFn`) gives every example the same gradient everywhere."""
     rows = min(rows, len(x))
-    x, y = x[: 2 * rows], y[: 2 * rows]
+    x, y = _head(x, 2 * rows), _head(y, 2 * rows)
     raw = dataclasses.replace(clip, clipping="flat", clip_norm=math.inf)
-    stream = randomness.example_stream(jax.random.key(0))
-    ids = jnp.asarray(randomness.example_ids(x, y))
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    ids = randomness.example_ids(x, y)
     run = _keyed_fn(raw)
 
     def call(idx, mask):
-        idx = jnp.asarray(idx, jnp.int32)
-        keys = randomness.example_keys(stream, 0, ids[idx])
-        s, n, loss = run(params, state, x[idx], y[idx], keys, jnp.asarray(mask))
+        s, n, loss = run(params, state, x[idx], y[idx], ids[idx], mask)
         return _flat(s), np.asarray(n, np.float64), np.asarray(loss, np.float64)
 
     a, variants = _batches(len(x), rows)
@@ -179,9 +184,12 @@ def keyed_by_example(clip: Any, params: Any, state: Any, x, y, *, rows: int = 4)
         and _close(ref_sum, total, scale)
     ):
         return False
+    parts: dict[bytes, np.ndarray] = {}  # the sum over A's kept rows, per kept half
     for v in variants:
         k = v.kept
-        part, _, _ = call(a, k)
+        if k.tobytes() not in parts:
+            parts[k.tobytes()] = call(a, k)[0]
+        part = parts[k.tobytes()]
         total, norms, loss = call(v.idx, k)
         if not (
             _close(ref_norms[k], norms[k])
