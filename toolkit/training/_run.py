@@ -311,13 +311,26 @@ def _train(cfg, out, progress, tensorboard, objects, metrics) -> FitResult:
         extra = {
             "requested": requested,
             "num_train": s.num_train,
-            "provenance": rundir.provenance(),
+            "provenance": {**rundir.provenance(), "compilation_cache": _compilation_cache()},
             "privacy": privacy.label if privacy else NON_PRIVATE_LABEL,
         }
         if multihost.process_count() > 1:  # one run, trained by several processes
             extra["processes"] = multihost.process_count()
         rundir.write_config(out, s.config, extra)
     return _run(s, out, start_epoch=0, history=[], progress=progress, sink=sink)
+
+
+def _compilation_cache() -> dict[str, Any] | None:
+    """JAX's persistent compilation cache in this process (`toolkit train` turns it on,
+    `toolkit.cli._launch`), or None: where compiled steps were kept or loaded from."""
+    folder = jax.config.jax_compilation_cache_dir
+    if not (folder and jax.config.jax_enable_compilation_cache):
+        return None
+    return {
+        "dir": str(folder),
+        "min_compile_time_s": jax.config.jax_persistent_cache_min_compile_time_secs,
+        "max_size_bytes": jax.config.jax_compilation_cache_max_size,
+    }
 
 
 def resume(
