@@ -328,9 +328,11 @@ class ClippedGradFn:
         # The reference at full float32 precision, as book-keeping's norms are: on a GPU the
         # default (TF32) alone can differ from them by ~1e-3 and fail the comparison.
         with jax.default_matmul_precision("highest"):
-            ref_grads = jax.jit(per_example_grads_fn(graphdef, self.loss_fn, self.augment))
-            _, grads = ref_grads(params, x, y, state, keys)
-        ref = np.asarray(clip_lib.per_example_norms(grads))
+            grads_fn = per_example_grads_fn(graphdef, self.loss_fn, self.augment)
+            ref_norms = jax.jit(
+                lambda p: clip_lib.per_example_norms(grads_fn(p, x, y, state, keys)[1])
+            )
+            ref = np.asarray(ref_norms(params))
         norms = np.asarray(norms)
         # Equal to rounding, plus the ghost norms' rounding slack (<= 2e-4 on the paper's CNNs).
         if np.allclose(norms, ref, rtol=1e-3, atol=0.0, equal_nan=True):

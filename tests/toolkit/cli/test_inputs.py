@@ -658,6 +658,37 @@ def test_allocator_env(argv, environ, reexec):
         assert {k: env[k] for k in environ} == environ  # the user's values are kept
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["toolkit", "account"], {}, set()),  # only the commands that train
+        (["toolkit", "train"], {"TOOLKIT_COMPILATION_CACHE": "off"}, set()),
+        (["toolkit", "sweep"], {"JAX_COMPILATION_CACHE_DIR": "/mine"}, set(launch.CACHE_SETTINGS)),
+        (
+            ["toolkit", "audit"],
+            {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"},
+            {"JAX_COMPILATION_CACHE_DIR", "JAX_COMPILATION_CACHE_MAX_SIZE"},
+        ),
+    ],
+)
+def test_compilation_cache_env_keeps_the_users_values(
+    argv, environ, expected, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # where platformdirs puts the cache
+    env = launch.compilation_cache_env(argv, environ)
+    assert set(env) == expected  # never a variable the user set
+    if "JAX_COMPILATION_CACHE_DIR" in env:
+        assert Path(env["JAX_COMPILATION_CACHE_DIR"]).is_dir()
+        assert env["JAX_COMPILATION_CACHE_DIR"].startswith(str(tmp_path))
+
+
+def test_no_compilation_cache_where_the_user_cache_is_not_writable(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # the cache folder would have to be made inside a file
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert launch.compilation_cache_env(["toolkit", "train"], {}) == {}
+
+
 def test_user_malloc_values_win():
     env = launch.allocator_env(["toolkit", "train"], {"MALLOC_ARENA_MAX": "4"})
     assert env["MALLOC_ARENA_MAX"] == "4" and env["MALLOC_MMAP_MAX_"] == "0"
@@ -670,7 +701,8 @@ def test_cli_run_without_a_terminal(tmp_path, tiny_data_dir):
     sigma = 0 reported as no DP guarantee, files 0666 & ~umask."""
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    env = {k: v for k, v in env.items() if not k.startswith(("JAX_COMPILATION", "TOOLKIT_"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"))
     args = ["--data-dir", tiny_data_dir, "--epochs", "2", "--batch-size", "75",
             "--limit-train", "300", "--noise-multiplier", "0", "--max-physical-batch", "80",
             "--out", out]  # fmt: skip
@@ -689,6 +721,8 @@ def test_cli_run_without_a_terminal(tmp_path, tiny_data_dir):
     assert "no DP guarantee" in proc.stdout and "Poisson sampling" not in proc.stdout
     record = json.loads((out / "config.json").read_text())
     assert record["provenance"]["malloc"] == launch.TUNED_MALLOC
+    cache = record["provenance"]["compilation_cache"]  # on by default, under the user cache
+    assert cache["dir"].startswith(str(tmp_path / "cache")) and any(Path(cache["dir"]).iterdir())
     assert record["privacy"] == "sigma = 0: eps = inf, no DP guarantee"
     history = rundir.read_epochs(out)
     assert history[0].compile_time_s > 0 and history[1].compile_time_s is None
