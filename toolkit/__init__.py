@@ -20,8 +20,9 @@ The sub-packages, bottom to top: `base`, `privacy`, `grads` / `nn` / `data`, `ru
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from toolkit import _lazy
 
 # Each public name and the sub-package that defines it, imported on first use: the
 # console script's `from toolkit.cli import main` then loads no JAX before `main`
@@ -98,13 +99,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy.attributes(__name__, _MODULE_OF, __all__)

@@ -11,9 +11,9 @@ use; `app`'s import loads the plugins, which import the helpers from here.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from toolkit import _lazy
 from toolkit.cli._launch import TUNED_MALLOC, allocator_env, main, run
 
 _MODULE_OF = {
@@ -48,13 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'toolkit.cli' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy.attributes(__name__, _MODULE_OF, __all__)
