@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -167,9 +168,12 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def jax_steps(cfg: Config) -> tuple[dict[str, Callable[[], object]], list[str], str, int]:
-    """{method: zero-argument step} for the JAX methods, notes on skipped ones, the path
-    `implementation="auto"` picks after the pre-training check, and the parameter count."""
+def jax_steps(
+    cfg: Config,
+) -> tuple[dict[str, Callable[[], object]], dict[str, str], list[str], str, int]:
+    """{method: zero-argument step} for the JAX methods, {method: error} for those that
+    cannot be built, notes on skipped ones, the path `implementation="auto"` picks after the
+    pre-training check, and the parameter count."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -217,12 +221,17 @@ def jax_steps(cfg: Config) -> tuple[dict[str, Callable[[], object]], list[str], 
 
     steps = {"jax non-private": lambda: plain_step(params, opt_state, images, labels, stream, ids)}
     zeros = dpsgd.zeros_like(params)
+    unavailable = {}
     for impl, clipping in (("vmap", "flat"), ("bookkeeping", "flat"), ("bookkeeping", "automatic")):
         mech = dpsgd.Mechanism(
             clipping=clipping, clip_norm=CLIP_NORM, noise_multiplier=NOISE_MULTIPLIER
         )
         # The functions toolkit.training._loop runs: accumulate, then the privatized optimizer.
-        acc = dpsgd.make_accumulate(graphdef, mech, implementation=impl, augment=augment)
+        try:
+            acc = dpsgd.make_accumulate(graphdef, mech, implementation=impl, augment=augment)
+        except Exception as e:  # an older toolkit refuses book-keeping with augmult
+            unavailable[f"toolkit DP {impl}, {clipping}"] = _why(e)
+            continue
         tx = mech.privatized(opt, expected_batch_size=float(batch), key=key)
         update, tx_state = dpsgd.make_update(tx), tx.init(params)
 
@@ -270,7 +279,7 @@ def jax_steps(cfg: Config) -> tuple[dict[str, Callable[[], object]], list[str], 
             return update(params, tx_state, jp_grad(params, images, labels, stream, ids))
 
         steps["jax_privacy clipped_grad, flat"] = jp_step
-    return steps, notes, auto, n_params
+    return steps, unavailable, notes, auto, n_params
 
 
 def torch_steps(cfg: Config) -> tuple[dict[str, Callable[[], object]], list[str], int | None]:
@@ -302,7 +311,7 @@ def _block(out) -> None:
 
 def time_config(cfg: Config, repeats: int, with_torch: bool) -> dict:
     """Median step time of every method over interleaved rounds, after two warm-up steps."""
-    steps, notes, auto, jax_params = jax_steps(cfg)
+    steps, unavailable, notes, auto, jax_params = jax_steps(cfg)
     torch_params = None
     if with_torch:
         more, more_notes, torch_params = torch_steps(cfg)
@@ -310,7 +319,6 @@ def time_config(cfg: Config, repeats: int, with_torch: bool) -> dict:
         notes += more_notes
     if torch_params is not None and torch_params != jax_params:
         notes.append(f"{cfg.name}: {jax_params} parameters in JAX, {torch_params} in PyTorch.")
-    unavailable = {}
     for name, step in list(steps.items()):  # compile, then one more warm-up step
         try:
             _block(step())
@@ -764,7 +772,7 @@ def main(argv: list[str] | None = None) -> None:
     me = [sys.executable, "-m", "benchmarks.step_time"]
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.step_time " + " ".join(argv or sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "benchmarks.step_time", *(argv or sys.argv[1:])]),
         "label": args.label,
         "machine": _machine(),
         "versions": _versions(),
