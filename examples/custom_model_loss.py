@@ -3,8 +3,8 @@
     python examples/custom_model_loss.py --limit 6000 --epochs 2
 
 GroupNorm normalises each example on its own (BatchNorm would mix examples and is
-refused); its scale and bias are parameters outside Linear/Conv layers, so the
-per-example gradients come from `jax.vmap` (the pre-training check picks it). The focal
+refused); its scale and bias are parameters outside Linear/Conv layers, which the
+book-keeping path gives one copy per example (the pre-training check picks it). The focal
 loss (Lin et al. 2017) returns one loss per example, as `toolkit.fit` requires.
 """
 

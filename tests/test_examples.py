@@ -12,7 +12,7 @@ from tests import REPO
 
 ROOT = REPO
 CASES = [
-    ("custom_model_loss.py", "512", ["per-example gradients: vmap", "eps (pld)"]),
+    ("custom_model_loss.py", "512", ["per-example gradients: bookkeeping", "eps (pld)"]),
     ("tempered_sigmoid_in_your_model.py", "600", ["(s, T, o) = (2.0, 2.0, 1.0)", "(rdp-classic)"]),
     ("preclip_norms.py", "512", ["bookkeeping: pre-clip norms", "clipped at C = 0.1", "eps (rdp)"]),
 ]

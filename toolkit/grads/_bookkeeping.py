@@ -379,8 +379,12 @@ def make_clipped_grad(
                 bias = None
                 if call.bias:
                     bias = rules.bias_grads(d, b, by_path[(*call.path, "bias")].shape)
-                    sq_part = sq_part + jnp.sum(jnp.square(bias.reshape(b, -1)), axis=1)
-                sq += sq_part
+                    sq_bias = jnp.sum(jnp.square(bias.reshape(b, -1)), axis=1)
+                    sq = sq + sq_part  # kernel, then bias: one rounding order on every path
+                    sq_part = sq_part + sq_bias
+                    sq = sq + sq_bias
+                else:
+                    sq = sq + sq_part
                 sq_layers[call.name] = sq_layers.get(call.name, 0.0) + sq_part
                 layers.append((call, a, kernel, d, per_example, bias))
             for path, g in free_grads.items():
