@@ -17,11 +17,20 @@ run, on a loaded 2-core machine). They are the same executables, so a run's numb
 not change. Values the user set win (`JAX_COMPILATION_CACHE_DIR`, ...);
 `TOOLKIT_COMPILATION_CACHE=off` turns it off. `config.json` records what a run had
 (`provenance.compilation_cache`).
+
+They also add `TUNED_XLA_FLAGS` to `XLA_FLAGS` (`xla_flags_env`): XLA:CPU then runs the
+convolutions through Eigen rather than YNNPACK, jaxlib 0.10's default, and the CIFAR-10 CNN's
+plain step took 0.61x the time (median of 7 interleaved rounds on the loaded 2-core machine;
+the MNIST CNN's 0.97x), the same step to float rounding (docs/xla_cpu.md). Only for the
+jaxlib versions this was measured on: XLA aborts on a flag it does not know. A flag the
+user set in `XLA_FLAGS` wins; `TOOLKIT_XLA_FLAGS=default` leaves `XLA_FLAGS` alone.
+`config.json` records `XLA_FLAGS` (`provenance.xla_flags`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import signal
 import sys
@@ -34,6 +43,10 @@ TUNED_MALLOC = {
     "MALLOC_ARENA_MAX": "1",  # one arena: freed buffers are reused across threads
 }
 COMMANDS = ("train", "audit", "sweep")
+# XLA:CPU: Eigen's convolutions instead of YNNPACK's (docs/xla_cpu.md), for the jaxlib
+# versions it was measured on (`python -m benchmarks.xla_cpu --variants no-ynn-conv`).
+TUNED_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+TUNED_XLA_FLAGS_JAXLIB = ("0.10.",)
 # JAX reads these when it is imported. Every compilation is kept: the small ones (an eager
 # op, a key split) add up to about a second of start-up too.
 CACHE_SETTINGS = {
@@ -82,8 +95,31 @@ def compilation_cache_env(argv: list[str], environ: Mapping[str, str]) -> dict[s
     return {k: v for k, v in settings.items() if k not in environ}
 
 
+def xla_flags_env(
+    argv: list[str], environ: Mapping[str, str], jaxlib: str | None = None
+) -> dict[str, str]:
+    """{"XLA_FLAGS": the user's flags, then `TUNED_XLA_FLAGS`} for the commands that train,
+    or {}: for other commands, with `TOOLKIT_XLA_FLAGS=default`, for a jaxlib (`jaxlib`:
+    its version, else the installed one) outside `TUNED_XLA_FLAGS_JAXLIB`, or when the user
+    set each of these flags (theirs win)."""
+    if len(argv) < 2 or argv[1] not in COMMANDS or environ.get("TOOLKIT_XLA_FLAGS") == "default":
+        return {}
+    if jaxlib is None:
+        try:
+            jaxlib = importlib.metadata.version("jaxlib")
+        except importlib.metadata.PackageNotFoundError:
+            return {}
+    if not jaxlib.startswith(TUNED_XLA_FLAGS_JAXLIB):
+        return {}
+    user = environ.get("XLA_FLAGS", "").split()
+    names = {f.split("=")[0].lstrip("-") for f in user}
+    add = [f for f in TUNED_XLA_FLAGS if f.split("=")[0].lstrip("-") not in names]
+    return {"XLA_FLAGS": " ".join(user + add)} if add else {}
+
+
 def main() -> None:
     os.environ.update(compilation_cache_env(sys.argv, os.environ))  # before JAX is imported
+    os.environ.update(xla_flags_env(sys.argv, os.environ))
     env = allocator_env(sys.argv, os.environ)
     if env is not None:
         # If it cannot re-execute (an odd platform), it runs with the default allocator.

@@ -133,6 +133,8 @@ def provenance() -> dict[str, Any]:
         "platform": jax.default_backend(),
         # glibc allocator settings the run had (toolkit.cli._launch sets them for `toolkit train`)
         "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        # XLA's flags (toolkit.cli._launch adds TUNED_XLA_FLAGS for `toolkit train`), or None
+        "xla_flags": os.environ.get("XLA_FLAGS"),
     }
 
 

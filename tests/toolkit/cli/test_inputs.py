@@ -694,6 +694,63 @@ def test_user_malloc_values_win():
     assert env["MALLOC_ARENA_MAX"] == "4" and env["MALLOC_MMAP_MAX_"] == "0"
 
 
+TUNED_XLA = " ".join(launch.TUNED_XLA_FLAGS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "jaxlib", "expected"),
+    [
+        (["toolkit", "train"], {}, "0.10.2", TUNED_XLA),
+        (
+            ["toolkit", "sweep"],
+            {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+            "0.10.2",
+            f"--xla_force_host_platform_device_count=2 {TUNED_XLA}",  # the user's flags first
+        ),
+        # the user set the flag: theirs wins
+        (
+            ["toolkit", "audit"],
+            {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="},
+            "0.10.2",
+            None,
+        ),
+        (["toolkit", "account"], {}, "0.10.2", None),  # only the commands that train
+        (["toolkit", "train"], {"TOOLKIT_XLA_FLAGS": "default"}, "0.10.2", None),
+        (["toolkit", "train"], {}, "0.7.2", None),  # may not know the flag: XLA would abort
+    ],
+)
+def test_xla_flags_env(argv, environ, jaxlib, expected):
+    env = launch.xla_flags_env(argv, environ, jaxlib=jaxlib)
+    assert env == ({} if expected is None else {"XLA_FLAGS": expected})
+
+
+def test_tuned_xla_flags_parse_and_move_convolutions_off_ynnpack():
+    """On the installed jaxlib, if `xla_flags_env` adds them: XLA knows the flags (it aborts
+    on one it does not) and they do what docs/xla_cpu.md measured: a convolution YNNPACK
+    runs by default runs outside YNNPACK's fusions (re-measure if this fails)."""
+    env = launch.xla_flags_env(["toolkit", "train"], {})
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "x, k = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))\n"
+        "conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',"
+        " dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "hlo = jax.jit(conv).lower(x, k).compile().as_text()\n"
+        "entry = hlo[hlo.index('ENTRY'):]\n"
+        "print('ynn' if '__ynn_fusion' in entry else 'xla')\n"
+    )
+    if not env:
+        pytest.skip("the installed jaxlib is not one TUNED_XLA_FLAGS were measured on")
+    seen = {}
+    for name, flags in [("default", ""), ("tuned", env["XLA_FLAGS"])]:
+        run_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=run_env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        seen[name] = proc.stdout.split()[-1]
+    assert seen == {"default": "ynn", "tuned": "xla"}
+
+
 @pytest.mark.slow
 def test_cli_run_without_a_terminal(tmp_path, tiny_data_dir):
     """`python -m toolkit train` in a pipe: allocator set by re-exec, one flushed line per
@@ -721,6 +778,10 @@ def test_cli_run_without_a_terminal(tmp_path, tiny_data_dir):
     assert "no DP guarantee" in proc.stdout and "Poisson sampling" not in proc.stdout
     record = json.loads((out / "config.json").read_text())
     assert record["provenance"]["malloc"] == launch.TUNED_MALLOC
+    xla_flags = record["provenance"]["xla_flags"]  # TUNED_XLA_FLAGS after the user's, if any
+    assert xla_flags == launch.xla_flags_env(["toolkit", "train"], env).get(
+        "XLA_FLAGS", env.get("XLA_FLAGS")
+    )
     cache = record["provenance"]["compilation_cache"]  # on by default, under the user cache
     assert cache["dir"].startswith(str(tmp_path / "cache")) and any(Path(cache["dir"]).iterdir())
     assert record["privacy"] == "sigma = 0: eps = inf, no DP guarantee"
